@@ -1,0 +1,249 @@
+"""Typed, validated configuration records.
+
+Every config in mmtune (a method's hyperparameters, a dataset's knobs, the model and the training
+recipe) is a frozen dataclass whose fields are declared with :func:`hp`, which records the valid
+range or choices and a one-line doc. :func:`from_dict` builds one from plain data (a Tune config,
+a YAML node, ``key=value`` overrides) and reports *every* problem at once, each with its path:
+unknown keys (with a did-you-mean), wrong types and out-of-range values. ``__post_init__`` of
+:class:`Record` runs the same checks, so a record can never exist in an invalid state, however it
+was built.
+
+Example::
+
+    @dataclass(frozen=True)
+    class OGMConfig(Record):
+        alpha: float = hp(0.8, low=0.0, doc="modulation strength α (Eq. 11)")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from mmtune.errors import ConfigError, Problem, did_you_mean
+
+__all__ = ["Record", "hp", "from_dict", "describe_fields", "check_record", "to_dict"]
+
+R = TypeVar("R", bound="Record")
+_MISSING = dataclasses.MISSING
+
+
+def hp(
+    default: Any = _MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: Sequence[Any] | None = None,
+    doc: str = "",
+    default_factory: Any = _MISSING,
+) -> Any:
+    """A dataclass field with validation metadata (range, choices) and documentation."""
+    meta = {
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+        "choices": tuple(choices) if choices is not None else None,
+        "doc": doc,
+    }
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class Record:
+    """Base for frozen config dataclasses: validates every field on construction."""
+
+    # Fields that may not be given by users in any config (e.g. set by mmtune itself).
+    internal_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        problems = check_record(self)
+        if problems:
+            raise ConfigError(problems)
+
+    def replace(self: R, **changes: Any) -> R:
+        return dataclasses.replace(self, **changes)
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple, Sequence):
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin in (dict, Mapping):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, coerced) for value against annotation tp. Ints widen to float; nothing else converts."""
+    if tp is Any:
+        return True, value
+    if tp is type(None):
+        return value is None, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if origin in (list, tuple, Sequence):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return False, value
+        (arg,) = typing.get_args(tp)[:1] or (Any,)
+        out = []
+        for item in value:
+            ok, item = _coerce(item, arg)
+            if not ok:
+                return False, value
+            out.append(item)
+        return True, tuple(out)
+    if origin in (dict, Mapping):
+        return isinstance(value, Mapping), dict(value) if isinstance(value, Mapping) else value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return True, float(value)
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    low, high = meta.get("low"), meta.get("high")
+    left = "(" if meta.get("low_open") else "["
+    right = ")" if meta.get("high_open") else "]"
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    if low is None:
+        left = "("
+    if high is None:
+        right = ")"
+    return f"{left}{lo}, {hi}{right}"
+
+
+def _check_value(name: str, value: Any, meta: Mapping[str, Any]) -> str | None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        return f"must be one of {opts}, got {value!r}.{did_you_mean(str(value), map(str, choices))}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}."
+    low, high = meta.get("low"), meta.get("high")
+    too_low = low is not None and (value <= low if meta.get("low_open") else value < low)
+    too_high = high is not None and (value >= high if meta.get("high_open") else value > high)
+    if too_low or too_high:
+        return f"must lie in {_range_text(meta)}, got {value!r}."
+    return None
+
+
+def check_record(record: Any) -> list[Problem]:
+    """Type and range problems of an already-built record (used by ``__post_init__``)."""
+    hints = _type_hints(type(record))
+    problems: list[Problem] = []
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        ok, coerced = _coerce(value, hints[f.name])
+        if not ok:
+            problems.append(
+                Problem(f.name, f"expected {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__}).")
+            )
+            continue
+        if coerced is not value and coerced != value or type(coerced) is not type(value):
+            object.__setattr__(record, f.name, coerced)
+        message = _check_value(f.name, coerced, f.metadata)
+        if message:
+            problems.append(Problem(f.name, message))
+    extra = getattr(record, "extra_checks", None)
+    if extra is not None and not problems:
+        problems.extend(extra())
+    return problems
+
+
+def from_dict(cls: type[R], data: Mapping[str, Any] | None, *, path: str = "") -> R:
+    """Build ``cls`` from ``data``; raise :class:`ConfigError` listing every problem with its path."""
+    data = {} if data is None else data
+    prefix = f"{path}." if path else ""
+    if not isinstance(data, Mapping):
+        raise ConfigError([Problem(path, f"expected a mapping of keys to values, got {data!r}.")])
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in cls.internal_fields}
+    problems: list[Problem] = []
+    for key in data:
+        if key not in fields:
+            hint = did_you_mean(str(key), fields)
+            known = ", ".join(sorted(fields)) or "(none)"
+            problems.append(Problem(f"{prefix}{key}", f"unknown key.{hint} Valid keys: {known}."))
+    kwargs = {k: v for k, v in data.items() if k in fields}
+    if problems:
+        # Report type/range problems of the known keys too, so the user sees everything at once.
+        try:
+            cls(**kwargs)
+        except ConfigError as err:
+            problems.extend(err.prefixed(path).problems if path else err.problems)
+        raise ConfigError(problems)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise (err.prefixed(path) if path else err) from None
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    """Plain-data view of a record (tuples as lists), suitable for YAML/JSON and Tune configs."""
+    out = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def describe_fields(cls: type) -> list[dict[str, str]]:
+    """Rows (name, type, default, valid, doc) for ``mmtune methods`` and docs."""
+    hints = _type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.name in getattr(cls, "internal_fields", ()):
+            continue
+        meta = f.metadata
+        if meta.get("choices") is not None:
+            valid = " | ".join(str(c) for c in meta["choices"])
+        elif meta.get("low") is not None or meta.get("high") is not None:
+            valid = _range_text(meta)
+        else:
+            valid = _type_name(hints[f.name])
+        default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append(
+            {
+                "name": f.name,
+                "type": _type_name(hints[f.name]),
+                "default": repr(default),
+                "valid": valid,
+                "doc": meta.get("doc", ""),
+            }
+        )
+    return rows

@@ -1,0 +1,33 @@
+"""Datasets by name. ``synthetic`` is the default; real datasets register here as they land."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from mmtune.config import Record, from_dict
+from mmtune.data.base import Batch, MultimodalData, TensorSplit
+from mmtune.data.synthetic import SyntheticConfig, make_synthetic
+from mmtune.errors import ConfigError, Problem, unknown_name_message
+
+__all__ = ["Batch", "DATASETS", "MultimodalData", "TensorSplit", "build_dataset", "dataset_config"]
+
+# name -> (config record, builder(config, device) -> MultimodalData)
+DATASETS: dict[str, tuple[type[Record], Callable[[Any, torch.device], MultimodalData]]] = {
+    "synthetic": (SyntheticConfig, make_synthetic),
+}
+
+
+def dataset_config(data: Mapping[str, Any] | None, *, path: str = "dataset") -> Record:
+    """Validate a dataset node (``{name: synthetic, dominance: 2}``) into its config record."""
+    data = dict(data or {})
+    name = data.get("name", "synthetic")
+    if name not in DATASETS:
+        raise ConfigError([Problem(f"{path}.name", unknown_name_message("dataset", name, DATASETS))])
+    return from_dict(DATASETS[name][0], data, path=path)
+
+
+def build_dataset(cfg: Record, device: torch.device | str = "cpu") -> MultimodalData:
+    return DATASETS[cfg.name][1](cfg, torch.device(device))

@@ -1,0 +1,58 @@
+"""The Ray Tune contract, written once (DESIGN §2): one ``step()`` is one epoch.
+
+``BalancedTrainable`` wraps a :class:`~mmtune.engine.trial.Trial`. Per-method subclasses pin the
+method (``class OGMTrainable(BalancedTrainable): method = OGM``); the base class takes the method
+from ``config["method"]`` so one Tuner can grid over methods. ``reset_config`` rebuilds the trial in
+place, so Tune can reuse actors across trials instead of paying a fresh Python + torch start-up
+for each (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import torch
+from ray import tune
+
+from mmtune.engine.method import BalancingMethod
+from mmtune.engine.trial import Trial, parse_trial_config
+
+__all__ = ["BalancedTrainable", "CHECKPOINT_FILE"]
+
+CHECKPOINT_FILE = "trial.pt"
+
+
+class BalancedTrainable(tune.Trainable):
+    method: ClassVar[type[BalancingMethod] | None] = None
+
+    def _build(self, config: dict[str, Any]) -> None:
+        name = self.method.name if self.method is not None else None
+        if name is not None and config.get("method", name) != name:
+            raise ValueError(f"{type(self).__name__} runs method '{name}', but the config asks for '{config['method']}'")
+        self.trial = Trial(parse_trial_config(config, method=name))
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self._build(config)
+
+    def step(self) -> dict[str, float]:
+        metrics = self.trial.step()
+        if self.trial.epoch >= self.trial.spec.train.epochs:
+            metrics["done"] = True
+        return metrics
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        torch.save(self.trial.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+
+    def load_checkpoint(self, checkpoint: dict[str, Any] | str | None) -> None:
+        if isinstance(checkpoint, dict):
+            state = checkpoint
+        else:
+            path = os.path.join(checkpoint, CHECKPOINT_FILE) if os.path.isdir(str(checkpoint)) else str(checkpoint)
+            state = torch.load(path, map_location=self.trial.device, weights_only=False)
+        self.trial.load_state_dict(state)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self._build(new_config)
+        self.config = new_config
+        return True

@@ -1,0 +1,245 @@
+"""One trial: data, model, method, optimizer and the epoch-by-epoch state (no Ray here).
+
+A trial is described by a plain nested dict — the same shape as one Tune config and one
+``mmtune run`` invocation::
+
+    {"method": "ogm", "seed": 0,
+     "dataset": {"name": "synthetic", "dominance": 1.5},
+     "model": {"backbone": "mlp", "fusion": "concat"},
+     "train": {"epochs": 20, "lr": 0.01},
+     "params": {"alpha": 0.8}}
+
+:func:`parse_trial_config` validates all of it (every problem at once, with paths).
+:class:`Trial` builds everything from it; :meth:`Trial.step` runs one epoch (train, evaluate val and
+test) and returns the metrics of DESIGN §3.3. :meth:`Trial.state_dict` holds everything needed to
+continue bit-exactly on the CPU: model, optimizer, scheduler, method state, RNG states, epoch and
+best-so-far.
+
+Model selection: ``best_*`` and ``*_at_best_val`` follow the best *validation* accuracy (first
+epoch on ties). Test metrics are reported every epoch and never select anything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmtune.config import Record, from_dict, hp, to_dict
+from mmtune.data import build_dataset, dataset_config
+from mmtune.engine.loop import evaluate, train_epoch
+from mmtune.engine.method import BalancingMethod, MethodConfig, StepContext
+from mmtune.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
+from mmtune.errors import ConfigError, Problem
+from mmtune.models import ModelConfig, build_model
+
+__all__ = ["TrainConfig", "TrialSpec", "Trial", "parse_trial_config", "TRIAL_SECTIONS", "resolve_device"]
+
+TRIAL_SECTIONS = ("method", "seed", "dataset", "model", "train", "params")
+# Metrics that measure the machine, not the model: excluded from reproducibility comparisons.
+TIMING_KEYS = ("epoch_s", "samples_per_s")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Record):
+    epochs: int = hp(20, low=1, doc="epochs (one Tune step each)")
+    batch_size: int = hp(64, low=1, doc="training mini-batch size")
+    eval_batch_size: int = hp(1024, low=1, doc="evaluation batch size")
+    optimizer: str = hp("sgd", choices=OPTIMIZERS, doc="optimizer")
+    lr: float = hp(0.01, low=0.0, low_open=True, doc="learning rate")
+    momentum: float = hp(0.9, low=0.0, high=1.0, high_open=True, doc="SGD momentum")
+    weight_decay: float = hp(1e-4, low=0.0, doc="L2 weight decay")
+    lr_step: int | None = hp(None, low=1, doc="decay the LR every lr_step epochs (null: constant)")
+    lr_gamma: float = hp(0.1, low=0.0, low_open=True, high=1.0, doc="LR decay factor")
+    grad_clip: float | None = hp(None, low=0.0, low_open=True, doc="clip the gradient norm (null: off)")
+    device: str = hp("auto", choices=("auto", "cpu", "cuda"), doc="auto = cuda when available")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    method: str
+    params: MethodConfig
+    dataset: Record
+    model: ModelConfig
+    train: TrainConfig
+    seed: int
+
+    def to_config(self) -> dict[str, Any]:
+        """The plain nested dict this spec was parsed from, with every default filled in."""
+        return {
+            "method": self.method,
+            "seed": self.seed,
+            "dataset": to_dict(self.dataset),
+            "model": to_dict(self.model),
+            "train": to_dict(self.train),
+            "params": to_dict(self.params),
+        }
+
+
+def parse_trial_config(config: Mapping[str, Any], *, method: str | None = None) -> TrialSpec:
+    """Validate a trial config; raise :class:`ConfigError` listing every problem with its path."""
+    from trainables import get_method  # the registry lives beside the methods
+
+    problems: list[Problem] = []
+    for key in config:
+        if key not in TRIAL_SECTIONS:
+            from mmtune.errors import did_you_mean
+
+            problems.append(
+                Problem(str(key), f"unknown key.{did_you_mean(str(key), TRIAL_SECTIONS)} Valid keys: {', '.join(TRIAL_SECTIONS)}.")
+            )
+    method = method or config.get("method", "joint")
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        problems.append(Problem("seed", f"must be a non-negative integer, got {seed!r}."))
+
+    def section(build: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return build(*args, **kwargs)
+        except ConfigError as err:
+            problems.extend(err.problems)
+            return None
+
+    method_cls = section(get_method, method)
+    params = section(from_dict, method_cls.Config, config.get("params"), path="params") if method_cls else None
+    dataset = section(dataset_config, config.get("dataset"))
+    model = section(from_dict, ModelConfig, config.get("model"), path="model")
+    train = section(from_dict, TrainConfig, config.get("train"), path="train")
+    if problems:
+        raise ConfigError(problems)
+    return TrialSpec(method_cls.name, params, dataset, model, train, seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([Problem("train.device", "is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")])
+    return torch.device(name)
+
+
+class Trial:
+    """Everything one training run needs, built from a :class:`TrialSpec`."""
+
+    def __init__(self, spec: TrialSpec):
+        from trainables import get_method
+
+        self.spec = spec
+        self.device = resolve_device(spec.train.device)
+        data = build_dataset(spec.dataset, self.device)
+        method_cls: type[BalancingMethod] = get_method(spec.method)
+        modalities = method_cls.select_modalities(spec.params, data.modalities)
+        self.data = data.select(modalities)
+        torch.manual_seed(spec.seed)  # model initialisation
+        self.model = build_model(spec.model, input_shapes=self.data.input_shapes, num_classes=self.data.num_classes)
+        self.model.to(self.device)
+        self.method = method_cls(spec.params, modalities=modalities, num_classes=self.data.num_classes, device=self.device)
+        self.method.bind(self.model)
+        t = spec.train
+        params = list(self.model.parameters()) + self.method.extra_parameters()
+        self.optimizer = build_optimizer(params, name=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+        self.data_generator = torch.Generator().manual_seed(spec.seed)  # batch order, drawn on the CPU
+        self.method_generator = torch.Generator(self.device).manual_seed(spec.seed + 1_000_003)
+        self.epoch = 0
+        self.global_step = 0
+        self.best: dict[str, float] = {}
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.data.modalities
+
+    def step(self) -> dict[str, float]:
+        """Train one epoch, evaluate validation and test; return every metric of DESIGN §3.3."""
+        self.epoch += 1
+        t = self.spec.train
+        ctx = StepContext(
+            epoch=self.epoch, step=0, global_step=self.global_step,
+            modulating=self.method.in_window(self.epoch),
+            generator=self.method_generator, device=self.device,
+        )
+        start = time.perf_counter()
+        self.method.begin_epoch(ctx)
+        stats = train_epoch(
+            self.model, self.data.train, self.method, self.optimizer, ctx,
+            batch_size=t.batch_size, data_generator=self.data_generator, grad_clip=t.grad_clip,
+        )
+        self.global_step = ctx.global_step
+        if self.scheduler is not None:
+            self.scheduler.step()
+        traces = self.method.end_epoch(ctx)
+        train_loss = stats.loss_sum / max(stats.samples, 1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_s = time.perf_counter() - start
+        device_metrics = {"train_loss": train_loss}
+        device_metrics.update(evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, prefix="val"))
+        test = evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, prefix="test")
+        device_metrics.update({k: v for k, v in test.items() if not k.startswith("imbalance/")})
+        # One host sync for the whole epoch's metrics.
+        keys = list(device_metrics)
+        values = torch.stack([device_metrics[k].float().reshape(()) for k in keys]).cpu().tolist()
+        metrics: dict[str, float] = {"epoch": self.epoch, **dict(zip(keys, values, strict=True)), **traces}
+        if not math.isfinite(metrics["train_loss"]):
+            raise FloatingPointError(
+                f"train_loss is {metrics['train_loss']} at epoch {self.epoch} (method {self.spec.method}, "
+                f"lr {t.lr}): training diverged. Lower train.lr or set train.grad_clip."
+            )
+        metrics["epoch_s"] = time.perf_counter() - start
+        metrics["samples_per_s"] = stats.samples / max(train_s, 1e-9)
+        self._track_best(metrics)
+        metrics.update(self.best)
+        return metrics
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        if not self.best or metrics["val_acc"] > self.best["best_val_acc"]:
+            self.best = {
+                "best_val_acc": metrics["val_acc"],
+                "best_val_macro_f1": metrics["val_macro_f1"],
+                "best_val_map": metrics["val_map"],
+                "best_epoch": float(metrics["epoch"]),
+                "test_acc_at_best_val": metrics["test_acc"],
+                "test_macro_f1_at_best_val": metrics["test_macro_f1"],
+                "test_map_at_best_val": metrics["test_map"],
+            }
+
+    # -- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.spec.to_config(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "method": self.method.state_dict(),
+            "rng": {
+                "data": self.data_generator.get_state(),
+                "method": self.method_generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["config"] != self.spec.to_config():
+            raise ValueError("checkpoint was written by a trial with a different config; refusing to load it")
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.best = dict(state["best"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        rng = state["rng"]
+        self.data_generator.set_state(rng["data"])
+        self.method_generator.set_state(rng["method"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

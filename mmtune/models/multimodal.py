@@ -1,0 +1,76 @@
+"""The multimodal classifier and the interface balancing methods use (DESIGN §3.1).
+
+Methods never reach into a model's internals: they ask for uni-modal predictions
+(:meth:`MultimodalModel.unimodal_logits`), the parameters that belong to each modality
+(:meth:`MultimodalModel.modality_parameters`) and each encoder's depth blocks
+(:meth:`MultimodalModel.depth_blocks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+from mmtune.models.fusions import Fusion
+
+__all__ = ["ModelOutput", "MultimodalModel"]
+
+
+class ModelOutput(NamedTuple):
+    logits: Tensor
+    features: dict[str, Tensor]  # each encoder's pooled feature φ^m, before any drop mask
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, num_classes: int):
+        super().__init__()
+        if list(encoders) != fusion.modalities:
+            raise ValueError(f"encoders {list(encoders)} and fusion modalities {fusion.modalities} differ")
+        self.modalities = list(encoders)
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.num_classes = num_classes
+
+    def encode(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.encoders[m](inputs[m]) for m in self.modalities}
+
+    def forward(self, inputs: dict[str, Tensor], drop: dict[str, Tensor] | None = None) -> ModelOutput:
+        features = self.encode(inputs)
+        fused_in = features
+        if drop:
+            # OPM: per-sample 0/1 keep masks zero the dropped samples' features of modality m.
+            fused_in = {m: f * drop[m].unsqueeze(1).to(f.dtype) if m in drop else f for m, f in features.items()}
+        return ModelOutput(self.fusion(fused_in), features)
+
+    def unimodal_logits(self, features: dict[str, Tensor], *, bias_split: Sequence[float] | None = None) -> dict[str, Tensor]:
+        """Each modality's own prediction inside the joint model.
+
+        Additive fusions give the exact split (concat: W^m·φ^m + γ^m·b, OPM/OGM Eq. 2, 6; γ = 1/M
+        unless ``bias_split`` is given). Other fusions use the zero-out rule (OPM/OGM §4.3.7): the
+        fusion applied with every other modality's feature set to zero.
+        """
+        if self.fusion.additive:
+            return self.fusion.components(features, bias_split)
+        out = {}
+        for m in self.modalities:
+            only_m = {j: f if j == m else f.new_zeros(f.shape) for j, f in features.items()}
+            out[m] = self.fusion(only_m)
+        return out
+
+    def modality_parameters(self, *, heads: bool = True) -> dict[str, list[nn.Parameter]]:
+        """Parameters of each modality's subnetwork: its encoder, plus its own head under late fusion
+        (AMSS App. C.2) when ``heads``. Parameters shared by all modalities belong to none."""
+        return {
+            m: list(self.encoders[m].parameters()) + (self.fusion.owned_parameters(m) if heads else [])
+            for m in self.modalities
+        }
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        owned = {id(p) for m in self.modalities for p in self.fusion.owned_parameters(m)}
+        return [p for p in self.fusion.parameters() if id(p) not in owned]
+
+    def depth_blocks(self, modality: str) -> list[nn.Module]:
+        """The D sequential blocks of modality's encoder (AIM §III-B)."""
+        return list(self.encoders[modality].blocks)

@@ -1,0 +1,8 @@
+"""Balancing methods, one file each. Adding a method = one file + one import line below."""
+
+from trainables._registry import METHODS, TRAINABLES, get_method, get_trainable, list_methods, register
+
+# Every method module, imported explicitly so a grep finds them all (timm style).
+from trainables import joint  # noqa: E402,F401  joint, unimodal
+
+__all__ = ["METHODS", "TRAINABLES", "get_method", "get_trainable", "list_methods", "register"]
