@@ -1,0 +1,235 @@
+"""``mmtune <verb>``: one handler per verb.
+
+* ``mmtune run <method> [key=value ...] [--json]`` — one trial, in-process (no Ray cluster), with a
+  live per-epoch table and a final summary. Overrides use the spec's dotted keys
+  (``train.epochs=3``, ``dataset.dominance=4``, ``model.fusion=sum``, ``seed=1``) and bare method
+  hyperparameters (``alpha=0.8``). ``--json``: the last stdout line is one JSON object of the final
+  metrics.
+* ``mmtune methods`` — every registered method with its hyperparameters, defaults and valid ranges.
+
+Bad input exits 2 with a message naming the key, the rule and the fix; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from mmtune import __version__
+from mmtune.errors import ConfigError, Problem
+
+EXIT_USAGE = 2
+SECTIONS = ("dataset", "model", "train", "params")
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar/list syntax for override values (``3``, ``0.5``, ``true``, ``null``, ``[a, b]``)."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string; users mean the number.
+            return float(value) if value.lower() not in ("nan", "inf", "-inf", ".nan") else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], list[Problem]]:
+    """``["train.lr=0.1", "alpha=0.8", "seed=1"]`` → nested config (bare keys are method params).
+
+    Returns the config and the syntax problems found, so callers can report them together with
+    the config's own problems in one pass.
+    """
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(Problem(item, "overrides are key=value, e.g. train.epochs=3 or alpha=0.8."))
+            continue
+        value = parse_value(raw)
+        section, dot, rest = key.partition(".")
+        if key == "seed" or key == "method":
+            config[key] = value
+        elif dot and section in SECTIONS and rest:
+            node = config.setdefault(section, {})
+            *parents, leaf = rest.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        elif dot:
+            problems.append(
+                Problem(key, f"unknown section '{section}'. Dotted keys start with one of: {', '.join(SECTIONS)}.")
+            )
+        else:
+            config.setdefault("params", {})[key] = value
+    return config, problems
+
+
+def _section_keys() -> list[str]:
+    """Every dotted key of the non-method sections, for did-you-mean on a bare key."""
+    import dataclasses
+
+    from mmtune.data import DATASETS
+    from mmtune.engine.trial import TrainConfig
+    from mmtune.models import ModelConfig
+
+    keys = ["seed"]
+    for section, cls in [("train", TrainConfig), ("model", ModelConfig), *(("dataset", c) for c, _ in DATASETS.values())]:
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return sorted(set(keys))
+
+
+def validate_run_config(config: dict[str, Any], syntax: list[Problem]):
+    """Parse a run config; raise one ConfigError with the syntax and config problems together."""
+    from mmtune.engine.trial import parse_trial_config
+    from mmtune.errors import did_you_mean
+
+    try:
+        spec = parse_trial_config(config)
+    except ConfigError as err:
+        problems = list(syntax)
+        for p in err.problems:
+            leaf = p.path.removeprefix("params.")
+            if p.path.startswith("params.") and "unknown key" in p.message and "Did you mean" not in p.message:
+                hint = did_you_mean(leaf, [k.split(".")[-1] for k in _section_keys()])
+                if hint:
+                    full = next(k for k in _section_keys() if k.split(".")[-1] == hint.split("'")[1])
+                    p = Problem(leaf, f"is not a hyperparameter of method '{config.get('method')}'. Did you mean '{full}'? {p.message.split('. ', 1)[-1]}")
+                else:
+                    p = Problem(leaf, f"is not a hyperparameter of method '{config.get('method')}'. {p.message.split('. ', 1)[-1]}")
+            problems.append(p)
+        raise ConfigError(problems) from None
+    if syntax:
+        raise ConfigError(syntax)
+    return spec
+
+
+def _console(stderr: bool):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1e3 else f"{value:.3g}"
+    return str(value)
+
+
+_SHORT = {"epoch": "ep", "train_loss": "loss", "val_acc": "val", "test_acc": "test", "best_val_acc": "best", "epoch_s": "s"}
+
+
+def _short(key: str) -> str:
+    """Compact column headers so the live table fits an 80-column terminal."""
+    key = _SHORT.get(key, key)
+    return key.replace("val_acc/", "val/").replace("imbalance/", "ρ/").replace("trace/", "")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.live import Live
+    from rich.table import Table
+
+    from mmtune.engine.trial import Trial
+
+    config, syntax = apply_overrides({"method": args.method}, args.overrides)
+    spec = validate_run_config(config, syntax)
+    console = _console(stderr=args.json)
+    trial = Trial(spec)
+    mods = trial.modalities
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title=f"mmtune run {spec.method} · {spec.dataset.name} · {spec.model.backbone}/{spec.model.fusion} · seed {spec.seed}")
+    columns = ["epoch", "train_loss", "val_acc", *(f"val_acc/{m}" for m in mods)]
+    columns += [f"imbalance/{m}" for m in mods if len(mods) > 1] + ["test_acc", "best_val_acc", "epoch_s"]
+    for c in columns:
+        table.add_column(_short(c), justify="right")
+    metrics: dict[str, float] = {}
+    start = time.perf_counter()
+    with Live(table, console=console, refresh_per_second=4, transient=False):
+        for _ in range(spec.train.epochs):
+            metrics = trial.step()
+            traces = [k for k in metrics if k.startswith("trace/")]
+            if traces and len(table.columns) == len(columns):
+                for k in traces:
+                    table.add_column(_short(k), justify="right")
+            table.add_row(*(_fmt(metrics.get(c, "")) for c in columns + traces))
+    total = time.perf_counter() - start
+    console.print()
+    summary = Table(title="summary (selection on validation; test reported at the best-validation epoch)")
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    rows = [
+        ("best_val_acc", metrics["best_val_acc"]),
+        ("best_epoch", int(metrics["best_epoch"])),
+        ("test_acc_at_best_val", metrics["test_acc_at_best_val"]),
+        ("test_macro_f1_at_best_val", metrics["test_macro_f1_at_best_val"]),
+        ("test_map_at_best_val", metrics["test_map_at_best_val"]),
+        *((f"final val_acc/{m}", metrics[f"val_acc/{m}"]) for m in mods),
+        *((f"final imbalance/{m}", metrics[f"imbalance/{m}"]) for m in mods if len(mods) > 1),
+        ("wall time (s)", total),
+        ("device", str(trial.device)),
+    ]
+    for name, value in rows:
+        summary.add_row(name, _fmt(value))
+    console.print(summary)
+    if args.json:
+        print(json.dumps({**metrics, "wall_s": total}), flush=True)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from mmtune.config import describe_fields
+    from trainables import METHODS
+
+    console = _console(stderr=False)
+    for name in sorted(METHODS):
+        cls = METHODS[name]
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title=f"[bold]{name}[/bold] — {cls.paper}", title_justify="left")
+        for col in ("hyperparameter", "default", "valid", "meaning"):
+            table.add_column(col)
+        for row in describe_fields(cls.Config):
+            table.add_row(row["name"], row["default"], row["valid"], row["doc"])
+        console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmtune", description="Ablation sweeps for balanced multimodal learning.")
+    parser.add_argument("--version", action="version", version=f"mmtune {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
+
+    run = verbs.add_parser("run", help="run one trial in-process", description=cmd_run.__doc__)
+    run.add_argument("method", help="a registered method (see `mmtune methods`)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="train.epochs=3, model.fusion=sum, alpha=0.8 …")
+    run.add_argument("--json", action="store_true", help="print the final metrics as one JSON line on stdout")
+    run.set_defaults(handler=cmd_run)
+
+    methods = verbs.add_parser("methods", help="list methods with their hyperparameters")
+    methods.set_defaults(handler=cmd_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"mmtune {args.verb}: invalid configuration\n{err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
