@@ -186,6 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    from rich import box
     from rich.table import Table
 
     from mmtune.config import describe_fields

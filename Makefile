@@ -1,0 +1,30 @@
+# Quick start:  make demo   (set up .venv if missing, then run the main job on the built-in default)
+#               make test   (set up if needed, then run the whole test suite)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.mmtune-installed
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/mmtune run joint
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+bench: setup
+	$(VENV)/bin/python bench/loop_overhead.py
+	$(VENV)/bin/python bench/imbalance.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

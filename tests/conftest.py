@@ -1,0 +1,41 @@
+"""Shared fixtures. Ray is started once per test session, only by tests that ask for it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest  # noqa: E402
+
+# A small default trial: the synthetic set shrunk so a step takes milliseconds.
+TINY = {
+    "dataset": {"n_train": 256, "n_val": 96, "n_test": 96},
+    "train": {"epochs": 3, "batch_size": 32},
+}
+
+
+def tiny_config(method: str, **sections: dict) -> dict:
+    """A trial config on the tiny synthetic set, with per-section overrides."""
+    config = {"method": method, "seed": 0, **{k: dict(v) for k, v in TINY.items()}}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            config.setdefault(key, {}).update(value)
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        namespace="mmtune-tests",
+    )
+    yield ray
+    ray.shutdown()
