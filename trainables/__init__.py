@@ -4,5 +4,10 @@ from trainables._registry import METHODS, TRAINABLES, get_method, get_trainable,
 
 # Every method module, imported explicitly so a grep finds them all (timm style).
 from trainables import joint  # noqa: E402,F401  joint, unimodal
+from trainables import ogm  # noqa: E402,F401  ogm (OGM, OGM-GE, OGM*)
+from trainables import opm  # noqa: E402,F401  opm
 
-__all__ = ["METHODS", "TRAINABLES", "get_method", "get_trainable", "list_methods", "register"]
+# Compositions exercised by the registry-wide conformance tests and shipped specs.
+COMPOSITIONS = ["opm+ogm"]
+
+__all__ = ["COMPOSITIONS", "METHODS", "TRAINABLES", "get_method", "get_trainable", "list_methods", "register"]

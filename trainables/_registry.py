@@ -1,4 +1,8 @@
-"""The method registry: a name → (strategy class, Trainable class) map, filled by ``@register``."""
+"""The method registry: a name → (strategy class, Trainable class) map, filled by ``@register``.
+
+A name joined by ``+`` (``opm+ogm``) is the composition of registered methods
+(:mod:`trainables.compose`), built on first use and cached apart from the registered ones.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ __all__ = ["METHODS", "TRAINABLES", "register", "get_method", "get_trainable", "
 
 METHODS: dict[str, type[BalancingMethod]] = {}
 TRAINABLES: dict[str, type[BalancedTrainable]] = {}
+_COMPOSED: dict[str, tuple[type[BalancingMethod], type[BalancedTrainable]]] = {}
 
 
 def register(trainable: type[BalancedTrainable]) -> type[BalancedTrainable]:
@@ -24,13 +29,32 @@ def register(trainable: type[BalancedTrainable]) -> type[BalancedTrainable]:
     return trainable
 
 
+def _composed(name: str) -> tuple[type[BalancingMethod], type[BalancedTrainable]]:
+    from trainables.compose import compose
+
+    if name not in _COMPOSED:
+        parts = name.split("+")
+        unknown = [p for p in parts if p not in METHODS]
+        if unknown:
+            raise ConfigError([Problem("method", unknown_name_message("method", p, METHODS)) for p in unknown])
+        try:
+            _COMPOSED[name] = compose(name, [METHODS[p] for p in parts])
+        except ValueError as err:
+            raise ConfigError([Problem("method", str(err))]) from None
+    return _COMPOSED[name]
+
+
 def get_method(name: str) -> type[BalancingMethod]:
+    if isinstance(name, str) and "+" in name:
+        return _composed(name)[0]
     if name not in METHODS:
         raise ConfigError([Problem("method", unknown_name_message("method", name, METHODS))])
     return METHODS[name]
 
 
 def get_trainable(name: str) -> type[BalancedTrainable]:
+    if isinstance(name, str) and "+" in name:
+        return _composed(name)[1]
     get_method(name)
     return TRAINABLES[name]
 

@@ -40,7 +40,7 @@ class MultimodalModel(nn.Module):
         features = self.encode(inputs)
         fused_in = features
         if drop:
-            # OPM: per-sample 0/1 keep masks zero the dropped samples' features of modality m.
+            # OPM: per-sample keep weights (0 = dropped; 1, or a rescale factor, = kept) on φ^m.
             fused_in = {m: f * drop[m].unsqueeze(1).to(f.dtype) if m in drop else f for m, f in features.items()}
         return ModelOutput(self.fusion(fused_in), features)
 

@@ -141,6 +141,10 @@ def test_drop_masks(fusion: str, mods: str) -> None:
         assert not torch.allclose(dropped.logits[gone], full.logits[gone])  # dropping did something
         ones = model(x, drop={"audio": torch.ones(B)})
         torch.testing.assert_close(ones.logits, full.logits, atol=1e-6, rtol=0)
+        # a keep weight other than 0/1 rescales the kept feature (OPM's rescaled drop)
+        scaled = model(x, drop={"audio": torch.full((B,), 2.0)})
+        doubled = model.fusion({m: (2.0 * f if m == "audio" else f) for m, f in full.features.items()})
+        torch.testing.assert_close(scaled.logits, doubled, atol=1e-5, rtol=0)
         # a bool / long mask works as well as a float one
         as_bool = model(x, drop={"audio": keep.bool()})
         torch.testing.assert_close(as_bool.logits, dropped.logits, atol=1e-6, rtol=0)

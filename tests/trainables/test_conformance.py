@@ -15,7 +15,9 @@ import torch
 from conftest import tiny_config
 
 from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
-from trainables import get_trainable, list_methods
+from trainables import COMPOSITIONS, get_trainable, list_methods
+
+ALL_METHODS = list_methods() + COMPOSITIONS
 
 # Hyperparameters a method needs to be exercised at all on the tiny set (none so far).
 CONFORMANCE_PARAMS: dict[str, dict] = {}
@@ -39,7 +41,7 @@ def without_timing(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_two_steps_report_every_metric_finite(method):
     history = run(method, 2)
     trial_modalities = [k.split("/", 1)[1] for k in history[-1] if k.startswith("val_acc/")]
@@ -56,13 +58,13 @@ def test_two_steps_report_every_metric_finite(method):
         assert 0.0 <= metrics["val_acc"] <= 1.0
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_same_seed_same_metrics(method):
     first, second = run(method, 2), run(method, 2)
     assert [without_timing(m) for m in first] == [without_timing(m) for m in second]
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_save_restore_continue_equals_uninterrupted(method):
     uninterrupted = run(method, 3)
     trial = Trial(parse_trial_config(config_for(method)))
@@ -76,7 +78,7 @@ def test_save_restore_continue_equals_uninterrupted(method):
     assert [without_timing(m) for m in continued] == [without_timing(m) for m in uninterrupted[1:]]
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_trainable_checkpoint_roundtrip_in_process(method, tmp_path):
     cls = get_trainable(method)
     a = cls(config=config_for(method))
@@ -98,7 +100,7 @@ def test_trainable_checkpoint_roundtrip_in_process(method, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_ray_validate_save_restore(method, ray_session):
     from ray.tune.utils import validate_save_restore
 
@@ -107,7 +109,7 @@ def test_ray_validate_save_restore(method, ray_session):
     assert validate_save_restore(get_trainable(method), config)
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_trainable_reset_config_rebuilds_the_trial(method):
     cls = get_trainable(method)
     trainable = cls(config=config_for(method))
