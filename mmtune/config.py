@@ -88,7 +88,8 @@ def _type_name(tp: Any) -> str:
         args = typing.get_args(tp)
         return f"list of {_type_name(args[0])}" if args else "list"
     if origin in (dict, Mapping):
-        return "mapping"
+        args = typing.get_args(tp)
+        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "mapping"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -119,7 +120,17 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
             out.append(item)
         return True, tuple(out)
     if origin in (dict, Mapping):
-        return isinstance(value, Mapping), dict(value) if isinstance(value, Mapping) else value
+        if not isinstance(value, Mapping):
+            return False, value
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        out_map = {}
+        for k, v in value.items():
+            ok_k, k = _coerce(k, key_tp)
+            ok_v, v = _coerce(v, value_tp)
+            if not (ok_k and ok_v):
+                return False, value
+            out_map[k] = v
+        return True, out_map
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:

@@ -19,7 +19,8 @@ __all__ = ["Batch", "MultimodalData", "TensorSplit"]
 
 @dataclass
 class Batch:
-    """One mini-batch. ``drop`` holds per-sample 0/1 keep masks per modality (set by OPM-style methods)."""
+    """One mini-batch. ``drop`` holds per-sample keep weights per modality, set by OPM-style methods:
+    0 drops the sample's feature of that modality, 1 keeps it (other values rescale a kept feature)."""
 
     inputs: dict[str, Tensor]
     labels: Tensor

@@ -69,8 +69,11 @@ class SyntheticConfig(Record):
             problems.append(
                 Problem("dominant", f"'{self.dominant}' is not one of the modalities {list(self.modalities)}.")
             )
-        if self.shape == "flat" and self.latent_dim > self.dim:
-            problems.append(Problem("latent_dim", f"must be <= dim ({self.dim}) for flat inputs, got {self.latent_dim}."))
+        if not problems:
+            smallest = min(math.prod(self.input_shape(m)) for m in self.modalities)
+            if self.latent_dim > smallest:
+                what = "dim" if self.shape == "flat" else "the smallest shaped input (channels × image_size²)"
+                problems.append(Problem("latent_dim", f"must be <= {what} = {smallest}, got {self.latent_dim}."))
         return problems
 
     def input_shape(self, modality: str) -> tuple[int, ...]:
@@ -84,7 +87,10 @@ class SyntheticConfig(Record):
 def _smooth_patterns(count: int, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     """``count`` smooth random images of ``shape`` (low-pass filtered noise), as (count, prod(shape))."""
     c, h, w = shape
-    coarse = torch.randn(count * c, 1, max(2, h // 4), max(2, w // 4), generator=generator)
+    # The coarse grid must have at least `count` degrees of freedom, or the orthonormalisation that
+    # follows would fill the missing directions with rounding noise instead of smooth patterns.
+    side = max(2, h // 4, math.ceil(math.sqrt(count / c)))
+    coarse = torch.randn(count, c, min(side, h), min(side, w), generator=generator)
     fine = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
     return fine.reshape(count, c * h * w)
 

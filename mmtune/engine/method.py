@@ -68,6 +68,7 @@ class TraceMeter:
     def __init__(self) -> None:
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
+        self._vector_names: dict[str, tuple[str, list[str]]] = {}
 
     def add(self, name: str, value: Tensor) -> None:
         value = value.detach()
@@ -82,8 +83,7 @@ class TraceMeter:
         """Add a (len(names),) tensor as ``prefix/<name>`` entries with one device op."""
         key = f"\0{prefix}"
         self.add(key, values)
-        self._vector_names = getattr(self, "_vector_names", {})
-        self._vector_names[key] = (prefix, names)
+        self._vector_names[key] = (prefix, list(names))
 
     def compute(self) -> dict[str, float]:
         if not self._sums:
@@ -92,10 +92,9 @@ class TraceMeter:
         stacked = torch.cat([(self._sums[k] / self._counts[k]).reshape(-1) for k in keys]).cpu().tolist()
         out: dict[str, float] = {}
         i = 0
-        vector_names = getattr(self, "_vector_names", {})
         for k in keys:
-            if k in vector_names:
-                prefix, names = vector_names[k]
+            if k in self._vector_names:
+                prefix, names = self._vector_names[k]
                 for name in names:
                     out[f"{prefix}/{name}"] = stacked[i]
                     i += 1
@@ -107,6 +106,7 @@ class TraceMeter:
     def reset(self) -> None:
         self._sums.clear()
         self._counts.clear()
+        self._vector_names.clear()
 
 
 class BalancingMethod:

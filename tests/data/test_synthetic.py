@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import math
+
 import torch
 
 import torch.nn.functional as F
@@ -96,9 +98,10 @@ def test_three_modalities_shaped() -> None:
         assert set(data.split(name).inputs) == {"audio", "video", "text"}
 
 
-def _smooth_basis(channels: int, size: int) -> torch.Tensor:
-    """Orthonormal basis (D, k) of bilinearly upsampled coarse (size/4 x size/4) images, per channel."""
-    c = max(2, size // 4)
+def _smooth_basis(channels: int, size: int, latent_dim: int = 16) -> torch.Tensor:
+    """Orthonormal basis (D, k) of bilinearly upsampled coarse images, per channel; the coarse side is
+    large enough to hold latent_dim smooth directions (as the generator chooses it)."""
+    c = min(size, max(2, size // 4, math.ceil(math.sqrt(latent_dim / channels))))
     up = F.interpolate(torch.eye(c * c, dtype=torch.float64).reshape(c * c, 1, c, c), size=(size, size),
                        mode="bilinear", align_corners=False).reshape(c * c, size * size)
     per_channel = torch.block_diag(*([up] * channels))  # (channels*c*c, channels*size*size)
@@ -111,13 +114,7 @@ def _smooth_basis(channels: int, size: int) -> torch.Tensor:
     [
         32,
         16,
-        pytest.param(8, marks=pytest.mark.xfail(
-            strict=True,
-            reason="mmtune/data/synthetic.py _decoder/_smooth_patterns: with image_size=8 the coarse grid is "
-            "2x2 per channel, so 1*4 (audio) / 3*4 (video) smooth patterns span fewer dims than latent_dim=16; "
-            "torch.linalg.qr then fills the remaining decoder rows with rounding-noise-defined, non-smooth "
-            "directions instead of smooth patterns (and config validation does not catch it)",
-        )),
+        8,
     ],
 )
 def test_shaped_inputs_are_smooth_patterns(image_size: int) -> None:
@@ -133,12 +130,6 @@ def test_shaped_inputs_are_smooth_patterns(image_size: int) -> None:
         assert rel < 1e-3, f"{m}: {rel:.3g} of the input energy is not smooth"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mmtune/data/synthetic.py SyntheticConfig.extra_checks checks latent_dim <= input size only for "
-    "shape=flat; a shaped config with latent_dim > C*image_size^2 is accepted and make_synthetic then raises "
-    "a plain ValueError from _decoder instead of a ConfigError naming latent_dim",
-)
 def test_shaped_latent_dim_too_large_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as err:
         cfg = SyntheticConfig(shape="shaped", image_size=8, latent_dim=65, n_train=2, n_val=2, n_test=2)
