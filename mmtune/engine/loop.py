@@ -70,11 +70,13 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: MultimodalModel, split: TensorSplit, *, batch_size: int, prefix: str) -> dict[str, Tensor]:
+def evaluate(
+    model: MultimodalModel, split: TensorSplit, *, batch_size: int, prefix: str, imbalance: bool = True
+) -> dict[str, Tensor]:
     """Joint and per-modality metrics of one split, as device tensors (``<prefix>_acc`` …).
 
-    Also the discrepancy ratio ρ^m (OPM/OGM Eq. 6–7) over the whole split, as ``imbalance/<m>``
-    (reported for validation only by the trial).
+    With ``imbalance``, also the discrepancy ratio ρ^m (OPM/OGM Eq. 6–7) over the whole split, as
+    ``imbalance/<m>`` (the trial reports it for validation only).
     """
     model.eval()
     logits, uni, labels = [], {m: [] for m in model.modalities}, []
@@ -89,7 +91,7 @@ def evaluate(model: MultimodalModel, split: TensorSplit, *, batch_size: int, pre
     uni_all = {m: torch.cat(v) for m, v in uni.items()}
     for m, lm in uni_all.items():
         metrics[f"{prefix}_acc/{m}"] = (lm.argmax(1) == y).float().mean()
-    if len(model.modalities) >= 2:
+    if imbalance and len(model.modalities) >= 2:
         scores = torch.stack([unimodal_score(uni_all[m], y).sum() for m in model.modalities])
         for m, rho in zip(model.modalities, discrepancy_ratio(scores), strict=True):
             metrics[f"imbalance/{m}"] = rho

@@ -41,8 +41,9 @@ def macro_f1(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     predicted = confusion.sum(dim=0)
     denom = support + predicted
     f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
-    present = denom > 0  # classes seen in labels or predictions
-    return f1[present].mean() if bool(present.any()) else f1.new_zeros(())
+    present = (denom > 0).float()  # classes seen in labels or predictions
+    # A masked mean instead of f1[present]: boolean indexing would force a host sync on CUDA.
+    return (f1 * present).sum() / present.sum().clamp_min(1)
 
 
 def mean_average_precision(scores: Tensor, labels: Tensor) -> Tensor:
@@ -65,8 +66,8 @@ def mean_average_precision(scores: Tensor, labels: Tensor) -> Tensor:
     prev_tp = torch.cat([torch.zeros_like(prev_tp[:1]), prev_tp[:-1]], dim=0)
     gained = torch.where(closes, tp - prev_tp, torch.zeros_like(tp))
     ap = (gained * precision).sum(0) / total_pos.clamp_min(1)
-    has_pos = total_pos > 0
-    return ap[has_pos].mean() if bool(has_pos.any()) else ap.new_zeros(())
+    has_pos = (total_pos > 0).to(ap.dtype)
+    return (ap * has_pos).sum() / has_pos.sum().clamp_min(1)
 
 
 def unimodal_score(logits: Tensor, labels: Tensor) -> Tensor:

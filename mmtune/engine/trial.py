@@ -178,8 +178,7 @@ class Trial:
         train_s = time.perf_counter() - start
         device_metrics = {"train_loss": train_loss}
         device_metrics.update(evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, prefix="val"))
-        test = evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, prefix="test")
-        device_metrics.update({k: v for k, v in test.items() if not k.startswith("imbalance/")})
+        device_metrics.update(evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, prefix="test", imbalance=False))
         # One host sync for the whole epoch's metrics.
         keys = list(device_metrics)
         values = torch.stack([device_metrics[k].float().reshape(()) for k in keys]).cpu().tolist()
