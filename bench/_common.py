@@ -24,6 +24,7 @@ __all__ = [
     "env_info",
     "mean_std",
     "median",
+    "parse_entry",
     "pick_device",
     "sync",
     "timed",
@@ -109,3 +110,20 @@ def _clean(value: Any) -> Any:
 def emit_json(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
     print(json.dumps(_clean(obj), allow_nan=False), flush=True)
+
+
+ALIASES = {"ogm-ge": "ogm:ge=true", "amss+": "amss:plus=true"}
+
+
+def parse_entry(entry: str) -> tuple[str, dict[str, Any]]:
+    """``ogm:ge=true:alpha=0.5`` → ("ogm", {"ge": True, "alpha": 0.5}); aliases ogm-ge, amss+."""
+    from mmtune.cli import parse_value
+
+    name, *pairs = ALIASES.get(entry, entry).split(":")
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: method entry '{entry}': parameters are key=value after ':'")
+        params[key] = parse_value(value)
+    return name, params

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 
-from _common import add_device_arg, device_label, emit_json, env_info, mean_std, pick_device
+from _common import add_device_arg, device_label, emit_json, env_info, mean_std, parse_entry, pick_device
 
 OVERRIDE_SECTIONS = ("dataset", "model", "train")
 
@@ -70,10 +70,11 @@ def spec_for(config: dict[str, Any], method: str, seed: int, params: dict[str, A
         raise SystemExit(2) from None
 
 
-def run_joint(config: dict[str, Any], seed: int) -> dict[str, float]:
+def run_joint(config: dict[str, Any], seed: int, method: str = "joint", params: dict[str, Any] | None = None) -> dict[str, float]:
+    """A multimodal method's metrics at its best-validation epoch (per-modality accuracy inside it too)."""
     from mmtune.engine.trial import Trial
 
-    trial = Trial(spec_for(config, "joint", seed))
+    trial = Trial(spec_for(config, method, seed, params))
     mods = trial.modalities
     best: dict[str, float] = {}
     metrics: dict[str, float] = {}
@@ -161,6 +162,25 @@ def markdown(summary: dict[str, dict[str, float]], mods: list[str], header: str)
     return "\n".join(lines)
 
 
+def methods_markdown(per_seed: list[dict[str, Any]], methods: list[str], mods: list[str]) -> str:
+    """Each method vs joint: test acc and each modality's test acc inside the model, at best val;
+    Δ = method − joint paired by seed (mean ± std, n)."""
+    def cell(values: list[float]) -> str:
+        mean, std = mean_std(values)
+        return f"{mean:.3f} ± {std:.3f}" if std == std else f"{mean:.3f}"
+
+    head = ["method", "test acc", *(f"{m} acc in model" for m in mods), *(f"Δ {m} vs joint" for m in mods), "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in ["joint", *methods]:
+        runs = [row["joint"] if entry == "joint" else row["methods"][entry] for row in per_seed]
+        cells = [entry, cell([r["test_acc_at_best_val"] for r in runs])]
+        cells += [cell([r[f"test_acc/{m}"] for r in runs]) for m in mods]
+        cells += ["—" if entry == "joint" else cell([r[f"test_acc/{m}"] - row["joint"][f"test_acc/{m}"]
+                                                     for r, row in zip(runs, per_seed, strict=True)]) for m in mods]
+        lines.append("| " + " | ".join(cells + [str(len(runs))]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
@@ -169,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="mlp", help="encoder for every modality (default mlp)")
     p.add_argument("--fusion", default="concat", help="fusion (default concat)")
     add_device_arg(p)
+    p.add_argument("--methods", default="", help="balancing methods to compare with joint, e.g. ogm-ge,opm (see bench/method_overhead.py for the entry syntax)")
     p.add_argument("overrides", nargs="*", metavar="dataset.key=value",
                    help="dataset overrides, e.g. dataset.dominance=3 (model./train. keys are accepted too)")
     args = p.parse_args(argv)
@@ -183,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"imbalance bench: {args.seeds} seeds × (joint + {len(mods)} unimodal) × {probe.train.epochs} epochs · "
           f"{probe.model.backbone}/{probe.model.fusion} · {device_label(device)}", file=log, flush=True)
 
+    methods = [e.strip() for e in args.methods.split(",") if e.strip()]
+    for entry in methods:
+        spec_for(config, *parse_entry(entry)[:1], 0, parse_entry(entry)[1])  # validate before training
     start = time.perf_counter()
     per_seed = []
     for seed in range(args.seeds):
@@ -196,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             "gap": {m: uni[m]["test_acc_at_best_val"] - joint[f"test_acc/{m}"] for m in mods},
             "gap_val": {m: uni[m]["best_val_acc"] - joint[f"val_acc/{m}"] for m in mods},
         }
+        row["methods"] = {e: run_joint(config, seed, *parse_entry(e)) for e in methods}
         per_seed.append(row)
         parts = ", ".join(f"{m} {joint[f'test_acc/{m}']:.3f} in joint / {uni[m]['test_acc_at_best_val']:.3f} alone"
                           for m in mods)
@@ -208,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{dataset.get('dominance')}) · {probe.model.backbone}/{probe.model.fusion} · {probe.train.epochs} "
               f"epochs · {args.seeds} seeds")
     table = markdown(summary, mods, header)
+    if methods:
+        table += "\n\n" + methods_markdown(per_seed, methods, mods)
     print(table, file=log if args.json else sys.stdout, flush=True)
     if device.type == "cpu":
         print(f"Ran on CPU (no CUDA device used); {wall:.1f} s.", file=log if args.json else sys.stdout, flush=True)

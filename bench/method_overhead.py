@@ -23,23 +23,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_device_arg, console, device_label, emit_json, median, pick_device  # noqa: E402
-
-ALIASES = {"ogm-ge": "ogm:ge=true", "amss+": "amss:plus=true"}
-
-
-def parse_entry(entry: str) -> tuple[str, dict[str, Any]]:
-    from mmtune.cli import parse_value
-
-    name, *pairs = ALIASES.get(entry, entry).split(":")
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: method entry '{entry}': parameters are key=value after ':'")
-        params[key] = parse_value(value)
-    return name, params
-
+from _common import add_device_arg, console, device_label, emit_json, median, parse_entry, pick_device  # noqa: E402
 
 def trial_config(name: str, params: dict[str, Any], args: argparse.Namespace, device: str) -> dict[str, Any]:
     dataset: dict[str, Any] = {"n_train": args.n_train}
