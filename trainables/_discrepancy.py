@@ -3,8 +3,8 @@
 Source: Wei, Hu, Ma, Zhang (2024), "On-the-fly Modulation for Balanced Multimodal Learning",
 IEEE TPAMI, arXiv:2410.11582.
 
-* Eq. 6 — s_i^m = softmax(W^m·φ_i^m + γ^m·b)_{y_i}: :func:`mmtune.engine.metrics.unimodal_score`
-  on :meth:`MultimodalModel.unimodal_logits` (exact split for concat/sum/late, zero-out rule for
+* Eq. 6 — s_i^m = softmax(W^m·φ_i^m + γ^m·b)_{y_i}: :func:`mmtune.engine.metrics.unimodal_score_sums`
+  on :meth:`MultimodalModel.stacked_unimodal_logits` (exact split for concat/sum/late, zero-out rule for
   FiLM/gated, §4.3.7). γ^m = 1/M unless ``gamma`` is given (Table 14).
 * Eq. 7 — ρ_t^m = 1/(M−1) Σ_{j≠m} Σ_i s_i^m / Σ_i s_i^j over the mini-batch, or the difference form
   of Table 15: :func:`mmtune.engine.metrics.discrepancy_ratio`.
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mmtune.config import hp
 from mmtune.engine.method import MethodConfig
-from mmtune.engine.metrics import discrepancy_ratio, unimodal_score
+from mmtune.engine.metrics import discrepancy_ratio, unimodal_score_sums
 from mmtune.errors import ConfigError, Problem
 from mmtune.models.multimodal import ModelOutput, MultimodalModel
 
@@ -53,7 +53,6 @@ def check_gamma(gamma: tuple[float, ...] | None, modalities: list[str]) -> None:
 @torch.no_grad()
 def batch_discrepancy(model: MultimodalModel, out: ModelOutput, labels: Tensor, cfg: DiscrepancyConfig) -> Tensor:
     """ρ_t^m for every modality (in ``model.modalities`` order) from this batch's forward pass."""
-    features = {m: f.detach() for m, f in out.features.items()}
-    uni = model.unimodal_logits(features, bias_split=cfg.gamma)
-    scores = torch.stack([unimodal_score(uni[m], labels).sum() for m in model.modalities])  # Σ_i s_i^m
-    return discrepancy_ratio(scores, cfg.discrepancy)
+    # Under no_grad nothing here joins the graph, so the features need no detach.
+    uni = model.stacked_unimodal_logits(out.features, bias_split=cfg.gamma)  # (M, B, C)
+    return discrepancy_ratio(unimodal_score_sums(uni, labels), cfg.discrepancy)

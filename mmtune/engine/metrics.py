@@ -22,6 +22,7 @@ __all__ = [
     "macro_f1",
     "mean_average_precision",
     "unimodal_score",
+    "unimodal_score_sums",
     "discrepancy_ratio",
     "classification_metrics",
 ]
@@ -75,6 +76,13 @@ def unimodal_score(logits: Tensor, labels: Tensor) -> Tensor:
     return torch.softmax(logits.float(), dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
 
 
+def unimodal_score_sums(stacked_logits: Tensor, labels: Tensor) -> Tensor:
+    """(M,) Σ_i s_i^m of Eq. 6 for every modality at once, from (M, B, C) uni-modal logits."""
+    m, b, _ = stacked_logits.shape
+    probs = torch.softmax(stacked_logits.float(), dim=2)
+    return probs.gather(2, labels.view(1, b, 1).expand(m, b, 1)).sum(dim=(1, 2))
+
+
 def discrepancy_ratio(score_sums: Tensor, form: str = "ratio") -> Tensor:
     """OPM/OGM Eq. 7 for M ≥ 2 modalities.
 
@@ -86,8 +94,9 @@ def discrepancy_ratio(score_sums: Tensor, form: str = "ratio") -> Tensor:
     if m < 2:
         raise ValueError(f"the discrepancy ratio needs two or more modalities, got {m}")
     if form == "ratio":
-        pair = score_sums.unsqueeze(1) / (score_sums.unsqueeze(0) + EPS)
-        return (pair.sum(dim=1) - pair.diagonal()) / (m - 1)
+        # Σ_{j≠m} S^m / (S^j + ε) = S^m · (Σ_j 1/(S^j + ε) − 1/(S^m + ε)): no M×M matrix.
+        inv = (score_sums + EPS).reciprocal()
+        return score_sums * (inv.sum() - inv) / (m - 1)
     if form == "difference":
         # Σ_{j≠m} (S^m − S^j) = M·S^m − Σ_j S^j
         return (m * score_sums - score_sums.sum()) / (m - 1)

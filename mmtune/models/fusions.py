@@ -75,6 +75,10 @@ class Fusion(nn.Module, ABC):
         """Exact per-modality logit components (additive fusions only); they sum to ``forward``."""
         raise TypeError(f"fusion '{self.name}' is not additive; use the zero-out rule")
 
+    def stacked_components(self, features: dict[str, Tensor], bias_split: Sequence[float] | None = None) -> Tensor:
+        """:meth:`components` as one (M, B, C) tensor, in ``modalities`` order (the per-step hot path)."""
+        return torch.stack([c for c in self.components(features, bias_split).values()])
+
     def owned_parameters(self, modality: str) -> list[nn.Parameter]:
         """Fusion parameters that belong to one modality's subnetwork (its own head under late fusion)."""
         return []
@@ -99,6 +103,17 @@ class ConcatFusion(Fusion):
             m: torch.addmm(self.fc.bias * g, features[m], w.T)
             for m, w, g in zip(self.modalities, blocks, gamma, strict=True)
         }
+
+    def stacked_components(self, features: dict[str, Tensor], bias_split: Sequence[float] | None = None) -> Tensor:
+        dims = {self.feature_dims[m] for m in self.modalities}
+        if len(dims) != 1:
+            return super().stacked_components(features, bias_split)
+        # Equal feature widths: all M components in one batched matmul, (M, B, d) @ (M, d, C) + γ^m·b.
+        n, d, c = len(self.modalities), dims.pop(), self.num_classes
+        gamma = bias_split if bias_split is not None else [1.0 / n] * n
+        gamma_t = torch.as_tensor(gamma, dtype=self.fc.bias.dtype, device=self.fc.bias.device).view(n, 1, 1)
+        stacked = torch.stack([features[m] for m in self.modalities])
+        return torch.baddbmm(gamma_t * self.fc.bias, stacked, self.fc.weight.view(c, n, d).permute(1, 2, 0))
 
 
 @register_fusion("sum")

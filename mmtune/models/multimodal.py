@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from mmtune.models.fusions import Fusion
@@ -58,6 +59,13 @@ class MultimodalModel(nn.Module):
             only_m = {j: f if j == m else f.new_zeros(f.shape) for j, f in features.items()}
             out[m] = self.fusion(only_m)
         return out
+
+    def stacked_unimodal_logits(self, features: dict[str, Tensor], *, bias_split: Sequence[float] | None = None) -> Tensor:
+        """:meth:`unimodal_logits` as one (M, B, C) tensor in ``modalities`` order: the per-step path of
+        the methods that score every modality each batch (batched matmul where the fusion allows)."""
+        if self.fusion.additive:
+            return self.fusion.stacked_components(features, bias_split)
+        return torch.stack(list(self.unimodal_logits(features, bias_split=bias_split).values()))
 
     def modality_parameters(self, *, heads: bool = True) -> dict[str, list[nn.Parameter]]:
         """Parameters of each modality's subnetwork: its encoder, plus its own head under late fusion

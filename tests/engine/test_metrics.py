@@ -17,6 +17,7 @@ from mmtune.engine.metrics import (
     macro_f1,
     mean_average_precision,
     unimodal_score,
+    unimodal_score_sums,
 )
 
 ATOL = 1e-6
@@ -173,6 +174,13 @@ def test_unimodal_score_matches_softmax_gather() -> None:
     p = torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
     expected = torch.stack([p[i, labels[i]] for i in range(10)]).float()
     torch.testing.assert_close(unimodal_score(logits, labels), expected, atol=ATOL, rtol=0)
+
+
+def test_unimodal_score_sums_stack_every_modality() -> None:
+    stacked = torch.randn(3, 10, 4, generator=gen(2))
+    labels = torch.randint(4, (10,), generator=gen(3))
+    expected = torch.stack([unimodal_score(stacked[m], labels).sum() for m in range(3)])
+    torch.testing.assert_close(unimodal_score_sums(stacked, labels), expected, atol=ATOL, rtol=0)
 
 
 # ----------------------------------------------------------------------------- discrepancy ratio

@@ -228,3 +228,28 @@ def test_unknown_fusion_suggests_concat() -> None:
         ModelConfig(fusion="concatt")
     assert "concat" in str(err.value).replace("concatt", "")
     assert "fusion" in str(err.value)
+
+
+@pytest.mark.parametrize(("fusion", "mods"), CASES)
+@pytest.mark.parametrize("bias_split", [None, "uneven"])
+def test_stacked_unimodal_logits_equal_the_per_modality_ones(fusion: str, mods: str, bias_split) -> None:
+    s = shapes(mods)
+    model = make(fusion, s)
+    randomize_biases(model)
+    split = None if bias_split is None else [0.7] + [0.3 / (len(s) - 1)] * (len(s) - 1)
+    feats = model(inputs(s)).features
+    expected = torch.stack(list(model.unimodal_logits(feats, bias_split=split).values()))
+    got = model.stacked_unimodal_logits(feats, bias_split=split)
+    assert got.shape == (len(s), B, NUM_CLASSES)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_stacked_concat_with_unequal_feature_widths_falls_back_exactly() -> None:
+    torch.manual_seed(0)
+    from mmtune.models.fusions import build_fusion
+
+    fusion = build_fusion("concat", feature_dims={"audio": 3, "video": 5}, num_classes=NUM_CLASSES)
+    feats = {"audio": torch.randn(B, 3), "video": torch.randn(B, 5)}
+    expected = torch.stack(list(fusion.components(feats).values()))
+    torch.testing.assert_close(fusion.stacked_components(feats), expected)
+    torch.testing.assert_close(fusion.stacked_components(feats).sum(0), fusion(feats), atol=1e-6, rtol=1e-5)
