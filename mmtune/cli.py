@@ -6,6 +6,13 @@
   hyperparameters (``alpha=0.8``). ``--json``: the last stdout line is one JSON object of the final
   metrics.
 * ``mmtune methods`` — every registered method with its hyperparameters, defaults and valid ranges.
+* ``mmtune validate SPEC`` — check a sweep spec; every problem with its YAML path and line; exit 2.
+* ``mmtune sweep SPEC [--storage DIR|URI] [--name NAME] [--address auto] [--max-concurrent N]
+  [--smoke-test]`` — validate, then run the sweep with Ray Tune; live progress; Parquet tables under
+  ``<storage>/<name>``. Exit 0 when every trial finished (or was stopped early by ASHA), 1 when some
+  trial ended in ERROR (the others still ran), 2 for an invalid spec (nothing started or written).
+* ``mmtune resume DIR [--retry-errored]`` — continue an interrupted sweep from its checkpoints.
+* ``mmtune ls [--storage DIR|URI]`` — the sweeps under a storage path, with status counts and progress.
 
 Bad input exits 2 with a message naming the key, the rule and the fix; never a traceback.
 """
@@ -204,6 +211,67 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mmtune.sweep.spec import load_spec
+
+    spec = load_spec(args.spec)
+    n = spec.num_trials()
+    what = f"{n // len(spec.seeds)} configuration(s) × {len(spec.seeds)} seed(s)"
+    if spec.algorithm == "optuna":
+        what = f"Optuna, {spec.num_samples} configurations × {len(spec.seeds)} seed(s)"
+    axes = ", ".join(spec.axes()) or "none"
+    print(f"{args.spec}: valid — sweep '{spec.name}', {n} trials ({what}), {spec.epochs} epochs each; varies: {axes}.")
+    return 0
+
+
+def _sweep_exit(outcome, console) -> int:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.counts.items())) or "no trials recorded"
+    console.print(f"sweep folder: {outcome.path}  ({counts}; {outcome.wall_s:.1f} s)")
+    console.print(f"next: mmtune report {outcome.path}")
+    return 0 if outcome.ok else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mmtune.sweep.spec import load_spec
+    from mmtune.sweep.tuner import run_sweep
+
+    spec = load_spec(args.spec)  # every problem, before Ray starts
+    console = _console(stderr=False)
+    outcome = run_sweep(spec, storage=args.storage, name=args.name, address=args.address,
+                        max_concurrent=args.max_concurrent, smoke_test=args.smoke_test, console=console,
+                        command="mmtune " + " ".join(sys.argv[1:]))
+    return _sweep_exit(outcome, console)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from mmtune.sweep.tuner import resume_sweep
+
+    console = _console(stderr=False)
+    outcome = resume_sweep(args.path, retry_errored=args.retry_errored, address=args.address, console=console)
+    return _sweep_exit(outcome, console)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+
+    from mmtune.store.reader import list_sweeps
+
+    console = _console(stderr=False)
+    sweeps = list_sweeps(args.storage)
+    if not sweeps:
+        console.print(f"no sweeps under {args.storage}. Start one: mmtune sweep search_spaces/quickstart.yaml")
+        return 0
+    table = Table(box=box.SIMPLE_HEAD, title=f"sweeps under {args.storage}")
+    for col in ("sweep", "trials", "status", "epochs", "modified"):
+        table.add_column(col)
+    for sw in sweeps:
+        status = ", ".join(f"{k} {v}" for k, v in sorted(sw.counts.items()))
+        table.add_row(sw.name, str(sum(sw.counts.values())), status, f"{sw.epochs_done}/{sw.epochs_planned}", str(sw.modified))
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtune", description="Ablation sweeps for balanced multimodal learning.")
     parser.add_argument("--version", action="version", version=f"mmtune {__version__}")
@@ -217,6 +285,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = verbs.add_parser("methods", help="list methods with their hyperparameters")
     methods.set_defaults(handler=cmd_methods)
+
+    validate = verbs.add_parser("validate", help="check a sweep spec, list every problem")
+    validate.add_argument("spec", help="a YAML sweep spec (see search_spaces/)")
+    validate.set_defaults(handler=cmd_validate)
+
+    from mmtune.sweep.spec import DEFAULT_STORAGE
+
+    sweep = verbs.add_parser("sweep", help="run a sweep spec with Ray Tune")
+    sweep.add_argument("spec", help="a YAML sweep spec (see search_spaces/)")
+    sweep.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder or URI (s3://…, gs://…) [runs]")
+    sweep.add_argument("--name", help="the sweep's folder name (default: the spec's name)")
+    sweep.add_argument("--address", help="Ray cluster address ('auto' = the running cluster; default: RAY_ADDRESS or local)")
+    sweep.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
+    sweep.add_argument("--smoke-test", action="store_true", help="≤2 epochs, small data, one seed: check a spec in seconds")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    resume = verbs.add_parser("resume", help="continue an interrupted sweep")
+    resume.add_argument("path", help="the sweep folder (<storage>/<name>)")
+    resume.add_argument("--retry-errored", action="store_true", help="also rerun errored trials from their last checkpoint")
+    resume.add_argument("--address", help="Ray cluster address")
+    resume.set_defaults(handler=cmd_resume)
+
+    ls = verbs.add_parser("ls", help="list sweeps with status counts")
+    ls.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder or URI [runs]")
+    ls.set_defaults(handler=cmd_ls)
     return parser
 
 

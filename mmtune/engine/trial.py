@@ -39,7 +39,7 @@ from mmtune.models import ModelConfig, build_model
 
 __all__ = ["TrainConfig", "TrialSpec", "Trial", "parse_trial_config", "TRIAL_SECTIONS", "resolve_device"]
 
-TRIAL_SECTIONS = ("method", "seed", "dataset", "model", "train", "params")
+TRIAL_SECTIONS = ("method", "label", "seed", "dataset", "model", "train", "params")
 # Metrics that measure the machine, not the model: excluded from reproducibility comparisons.
 TIMING_KEYS = ("epoch_s", "samples_per_s")
 
@@ -67,11 +67,13 @@ class TrialSpec:
     model: ModelConfig
     train: TrainConfig
     seed: int
+    label: str = ""  # the variant's name in a sweep (``ogm-ge`` for ogm ge=true); the method's by default
 
     def to_config(self) -> dict[str, Any]:
         """The plain nested dict this spec was parsed from, with every default filled in."""
         return {
             "method": self.method,
+            "label": self.label or self.method,
             "seed": self.seed,
             "dataset": to_dict(self.dataset),
             "model": to_dict(self.model),
@@ -104,6 +106,9 @@ def parse_trial_config(config: Mapping[str, Any], *, method: str | None = None) 
             problems.extend(err.problems)
             return None
 
+    label = config.get("label")
+    if label is not None and (not isinstance(label, str) or not label):
+        problems.append(Problem("label", f"must be a non-empty string naming the variant, got {label!r}."))
     method_cls = section(get_method, method)
     params = section(from_dict, method_cls.Config, config.get("params"), path="params") if method_cls else None
     dataset = section(dataset_config, config.get("dataset"))
@@ -111,7 +116,7 @@ def parse_trial_config(config: Mapping[str, Any], *, method: str | None = None) 
     train = section(from_dict, TrainConfig, config.get("train"), path="train")
     if problems:
         raise ConfigError(problems)
-    return TrialSpec(method_cls.name, params, dataset, model, train, seed)
+    return TrialSpec(method_cls.name, params, dataset, model, train, seed, label or method_cls.name)
 
 
 def resolve_device(name: str) -> torch.device:

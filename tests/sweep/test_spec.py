@@ -1,0 +1,230 @@
+"""Sweep specs: every problem reported at once with its YAML path/line, exact grid expansion, the
+searchers' bookkeeping (grid exactly once; Optuna seeds, and stopped trials kept out of the posterior)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mmtune.cli import main
+from mmtune.errors import ConfigError
+from mmtune.sweep.spec import expand_grid, load_spec, optuna_base, parse_spec, smoke_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        load_spec(write(tmp_path, text))
+    return [str(p) for p in err.value.problems]
+
+
+# ------------------------------------------------------------------------------------ validation
+def test_every_problem_is_reported_at_once_with_paths_and_lines(tmp_path):
+    got = problems(tmp_path, """\
+        name: demo
+        methd: ogm
+        method: [joint, ogmm, {name: ge, method: ogm, params: {ge: true, alpha: {grid: [0.5, -1]}}}]
+        dataset: {dominance: {grid: [1.0, 2.0]}, n_trian: 5}
+        train: {epochs: 3, lr: {uniform: [0.1, 0.2]}}
+        params:
+          q_base: {grid: [0.1, 0.5]}
+        seeds: [0, 0]
+        search: {metric: test_acc}
+        scheduler: {asha: {grace_period: 5}}
+        resources: {cpu: -1}
+        """)
+    expected_prefixes = [
+        "methd (line 2): unknown key. Did you mean 'method'?",
+        "search.metric (line 9): 'test_acc' is a test metric",
+        "method[1] (line 3): unknown method 'ogmm'. Did you mean 'ogm'?",
+        "train.lr.uniform (line 5): a uniform domain needs search.algorithm: optuna",
+        "seeds (line 8): has duplicates [0, 0]",
+        "resources.cpu (line 11): must be a number >= 0, got -1.",
+        "dataset.n_trian (line 4): unknown key. Did you mean 'n_train'?",
+        "params.q_base (line 7): is not a hyperparameter of method 'joint'.",
+        "params.q_base (line 7): is not a hyperparameter of method 'ogm' (variant 'ge').",
+        "method[2].params.alpha.grid[1] (line 3): must lie in (0, inf), got -1.0.",
+        "scheduler.asha.grace_period (line 10): is 5 but train.epochs is 3",
+    ]
+    for prefix in expected_prefixes:
+        assert sum(p.startswith(prefix) for p in got) == 1, (prefix, got)
+    assert len(got) == len(expected_prefixes), got
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "the spec file is empty"),
+        ("# only a comment\n", "the spec holds no data"),
+        ("- a\n- b\n", "a spec is a mapping of keys"),
+        ("name: x\nmethod: [joint\n", "YAML syntax error (line 3, column 1)"),
+        ("name: x\n  method: joint\n", "YAML syntax error (line 2"),
+        ("method: joint\n", "name: is required"),
+        ("name: x\n", "method: is required"),
+        ("name: x\nmethod: joint\ntrain: {epochs: many}\n", "train.epochs (line 3): expected int"),
+        ("name: x\nmethod: ogm\nparams: {alpha: {grid: []}}\n", "params.alpha.grid (line 3): must be a non-empty list"),
+        ("name: x\nmethod: ogm\nparams: {alpha: {grid: [1, 1]}}\n", "has duplicate values"),
+        ("name: x\nmethod: ogm\nparams: {alpha: {grid: [1], choice: [2]}}\n", "a domain has exactly one key"),
+        ("name: x\nmethod: ogm\nsearch: {algorithm: optuna}\nparams: {alpha: {grid: [0.1, 0.2]}}\n", "Optuna cannot search a grid"),
+        ("name: x\nmethod: ogm\nsearch: {algorithm: optuna}\nparams: {alpha: {uniform: [0.5, 0.1]}}\n", "`low < high` must hold"),
+        ("name: x\nmethod: ogm\nsearch: {algorithm: optuna}\nparams: {alpha: {loguniform: [0, 1]}}\n", "log-uniform needs low > 0"),
+        ("name: x\nmethod: ogm\nsearch: {algorithm: optuna}\nparams: {start_epoch: {int: [1, 2.5]}}\n", "integer bounds"),
+        ("name: x\nmethod: ogm\nsearch: {algorithm: optuna}\nparams: {alpha: {uniform: [0.5, 5.0]}, k_form: {choice: [paper, nope]}}\n",
+         "params.k_form.choice[1] (line 4): must be one of"),
+        ("name: x\nmethod: [joint, ogm]\nsearch: {algorithm: optuna}\n", "an Optuna search tunes one method"),
+        ("name: x\nmethod: joint\nsearch: {algorithm: bayes}\n", "search.algorithm (line 3): must be 'grid' or 'optuna'"),
+        ("name: x\nmethod: joint\nsearch: {num_samples: 5}\n", "only applies to search.algorithm: optuna"),
+        ("name: x\nmethod: joint\nsearch: {metric: train_loss}\n", "'train_loss' is not a validation metric"),
+        ("name: x\nmethod: joint\nsearch: {mode: maximize}\n", "search.mode (line 3): must be 'max' or 'min'"),
+        ("name: x\nmethod: joint\nscheduler: {hyperband: {}}\n", "scheduler.hyperband (line 3): unknown key"),
+        ("name: x\nmethod: joint\nscheduler: {asha: {grace_perod: 2}}\n", "scheduler.asha.grace_perod (line 3): unknown key. Did you mean 'grace_period'?"),
+        ("name: x\nmethod: joint\nscheduler: {asha: {reduction_factor: 1}}\n", "must be a number > 1"),
+        ("name: x\nmethod: joint\nscheduler: {asha: {metric: val_map}}\n", "ASHA stops on the sweep's metric"),
+        ("name: x\nmethod: joint\nresources: {gpus: 1}\n", "resources.gpus (line 3): unknown key. Did you mean 'gpu'?"),
+        ("name: x\nmethod: joint\nresources: {gpu: 1.5}\n", "a fraction (<= 1) or a whole number of GPUs"),
+        ("name: x\nmethod: joint\nseeds: 0\n", "seeds (line 3): a count must be >= 1"),
+        ("name: x\nmethod: joint\nseeds: [0, -1]\n", "seeds[1] (line 3): must be a non-negative integer"),
+        ("name: x\nmethod: joint\nmax_concurrent: 0\n", "max_concurrent (line 3): must be an integer >= 1"),
+        ("name: x\nmethod: [joint, joint]\n", "two variants are named 'joint'"),
+        ("name: x\nmethod: [{method: ogm, parms: {}}]\n", "method[0].parms (line 2): unknown key. Did you mean 'params'?"),
+        ("name: x\nmethod: joint\nmodel: {fusion: {grid: [concat, mean]}}\n", "model.fusion.grid[1] (line 3): unknown fusion 'mean'"),
+        ("name: x\nmethod: joint\ndataset: {name: cremad}\n", "dataset.name (line 3): unknown dataset 'cremad'"),
+        ("name: x\nmethod: ogm\nparams: {alpha: {grid: [0.5, fast]}}\n", "params.alpha.grid[1] (line 3)"),
+        ("name: x\nmethod: ogm\nparams: {tau: 0.5}\n", "params.tau (line 3): is not a hyperparameter of method 'ogm'"),
+    ],
+)
+def test_malformed_specs_name_the_problem(tmp_path, text, expected):
+    got = problems(tmp_path, text)
+    assert any(expected in p for p in got), (expected, got)
+
+
+def test_validate_cli_exits_2_and_writes_nothing(tmp_path, capsys):
+    spec = write(tmp_path, "name: x\nmethod: ogmm\n")
+    before = set(os.listdir(tmp_path))
+    assert main(["validate", str(spec)]) == 2
+    assert main(["sweep", str(spec), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "method (line 2): unknown method 'ogmm'. Did you mean 'ogm'?" in err
+    assert set(os.listdir(tmp_path)) == before  # no storage folder, no Ray session files
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such spec file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_specs_validate(path, capsys):
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert "valid" in capsys.readouterr().out
+
+
+def test_shipped_specs_cover_the_papers_ablations():
+    names = {p.stem for p in SHIPPED}
+    assert {"quickstart", "amss_tau", "amss_sampling", "amss_scope", "opm_ogm_sensitivity", "opm_plus_ogm",
+            "fusion_method", "aim_ablation", "aim_label", "aim_start_epoch", "optuna_ogm_ge"} <= names
+
+
+# ------------------------------------------------------------------------------------- expansion
+def test_grid_expansion_is_every_combination_times_every_seed_once():
+    spec = parse_spec({
+        "name": "g",
+        "method": ["joint", {"name": "ogm-ge", "method": "ogm", "params": {"ge": True, "alpha": {"grid": [0.2, 0.8]}}}],
+        "model": {"fusion": {"grid": ["concat", "sum", "late"]}},
+        "train": {"epochs": 2, "lr": {"grid": [0.1, 0.01]}},
+        "seeds": [3, 4],
+    })
+    trials = expand_grid(spec)
+    key = lambda t: (t["label"], t["model"]["fusion"], t["train"]["lr"], t["params"].get("alpha"), t["seed"])  # noqa: E731
+    expected = {("joint", f, lr, None, s) for f, lr, s in itertools.product(["concat", "sum", "late"], [0.1, 0.01], [3, 4])}
+    expected |= {("ogm-ge", f, lr, a, s) for f, lr, a, s in itertools.product(["concat", "sum", "late"], [0.1, 0.01], [0.2, 0.8], [3, 4])}
+    assert [key(t) for t in trials] == sorted(expected, key=lambda k: [key(t) for t in trials].index(k))  # no duplicates
+    assert {key(t) for t in trials} == expected and len(trials) == len(expected) == spec.num_trials() == 36
+    assert all(t["params"]["ge"] is True for t in trials if t["label"] == "ogm-ge")
+    assert all(t["method"] == "ogm" for t in trials if t["label"] == "ogm-ge")
+    assert trials[0]["seed"] == 3 and trials[1]["seed"] == 4 and key(trials[0])[:4] == key(trials[1])[:4]  # seeds innermost
+    assert spec.axes() == ["label", "model.fusion", "train.lr", "params.alpha"]
+    from mmtune.engine.trial import parse_trial_config
+
+    for t in trials:  # every expanded config is a valid trial config as Ray will hand it over
+        parse_trial_config(t)
+
+
+def test_optuna_base_splits_fixed_values_and_space():
+    spec = parse_spec({
+        "name": "o", "method": {"name": "ogm-ge", "method": "ogm", "params": {"ge": True}},
+        "train": {"epochs": 6}, "params": {"alpha": {"loguniform": [0.05, 2.0]}, "start_epoch": {"int": [1, 4]}},
+        "search": {"algorithm": "optuna", "num_samples": 5}, "seeds": 3,
+    })
+    fixed, space = optuna_base(spec)
+    assert fixed["method"] == "ogm" and fixed["label"] == "ogm-ge" and fixed["params"] == {"ge": True}
+    assert set(space["params"]) == {"alpha", "start_epoch"}
+    assert space["params"]["start_epoch"].upper == 5  # spec bounds are inclusive, Tune's randint is not
+    assert spec.num_trials() == 15
+
+
+def test_smoke_spec_shrinks_every_trial():
+    spec = parse_spec({"name": "s", "method": "joint", "train": {"epochs": 30}, "seeds": [4, 5, 6],
+                       "params": {"start_epoch": {"grid": [1, 2]}}, "scheduler": {"asha": {"grace_period": 5}}})
+    small = smoke_spec(spec)
+    assert small.epochs == 2 and small.seeds == (4,) and small.asha["grace_period"] == 1
+    assert small.sections["dataset"]["n_train"] == 256
+    assert len(expand_grid(small)) == 2 and spec.epochs == 30  # the original is untouched
+
+
+# ------------------------------------------------------------------------------------- searchers
+def test_trial_list_searcher_hands_out_each_config_once_and_survives_a_restore(tmp_path):
+    from mmtune.sweep.tuner import TrialListSearcher
+
+    configs = [{"seed": i} for i in range(3)]
+    s = TrialListSearcher(configs)
+    assert s.suggest("a") == {"seed": 0}
+    assert s.suggest("a") == {"seed": 0}  # asking again for the same trial is not a new trial
+    assert s.suggest("b") == {"seed": 1}
+    s.save(str(tmp_path / "state.pkl"))
+    t = TrialListSearcher([])
+    t.restore(str(tmp_path / "state.pkl"))
+    assert t.suggest("c") == {"seed": 2}
+    assert t.suggest("d") == TrialListSearcher.FINISHED
+
+
+def test_seeded_optuna_runs_each_sample_per_seed_and_keeps_stopped_trials_out_of_the_posterior():
+    import optuna
+
+    from mmtune.sweep.tuner import SeededOptunaSearcher
+
+    spec = parse_spec({
+        "name": "o", "method": "ogm", "train": {"epochs": 4}, "params": {"alpha": {"uniform": [0.1, 1.0]}},
+        "search": {"algorithm": "optuna", "num_samples": 3, "metric": "val_acc"}, "seeds": [0, 1],
+    })
+    fixed, space = optuna_base(spec)
+    s = SeededOptunaSearcher(fixed=fixed, space=space, seeds=[0, 1], num_samples=3, metric="val_acc", mode="max", max_epochs=4)
+    configs = {tid: s.suggest(tid) for tid in ["t0", "t1", "t2", "t3", "t4", "t5"]}
+    assert s.suggest("t6") == s.FINISHED
+    assert [c["seed"] for c in configs.values()] == [0, 1, 0, 1, 0, 1]
+    alphas = [c["params"]["alpha"] for c in configs.values()]
+    assert alphas[0] == alphas[1] and alphas[2] == alphas[3] and alphas[4] == alphas[5] and len(set(alphas)) == 3
+    assert all(c["method"] == "ogm" and c["train"]["epochs"] == 4 for c in configs.values())
+
+    finished = {"val_acc": 0.6, "training_iteration": 4}
+    s.on_trial_complete("t0", finished)
+    study = s.base._ot_study
+    assert all(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)  # nothing told until both seeds end
+    s.on_trial_complete("t1", {"val_acc": 0.8, "training_iteration": 4})
+    s.on_trial_complete("t2", {"val_acc": 0.9, "training_iteration": 4})
+    s.on_trial_complete("t3", {"val_acc": 0.2, "training_iteration": 2})  # ASHA stopped seed 1 at epoch 2
+    s.on_trial_complete("t4", {"val_acc": 0.7, "training_iteration": 4})
+    s.on_trial_complete("t5", None, error=True)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL]
+    assert study.trials[0].value == pytest.approx(0.7)  # the seed mean
+    assert study.trials[1].value is None  # the truncated 0.9/0.2 never reached the posterior
