@@ -288,10 +288,12 @@ def _callbacks(spec: SweepSpec, storage: str, name: str, console: Any, live: boo
     from mmtune.store.writer import ResultsWriter
     from mmtune.sweep.progress import SweepProgress
 
+    # Progress first: the writer's last flush raises if the tables cannot be written, and Tune skips
+    # the callbacks after a raising one — the live view must be closed before that.
     return [
-        ResultsWriter(storage, name),
         SweepProgress(total_trials=spec.num_trials(), metric=spec.metric, mode=spec.mode, swept=spec.axes(),
                       console=console, live=live),
+        ResultsWriter(storage, name),
     ]
 
 

@@ -1,0 +1,1 @@
+"""Sweeps: spec parsing and validation, the Ray Tune driver, live progress."""
