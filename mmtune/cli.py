@@ -226,8 +226,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _sweep_exit(outcome, console) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.counts.items())) or "no trials recorded"
-    console.print(f"sweep folder: {outcome.path}  ({counts}; {outcome.wall_s:.1f} s)")
-    console.print(f"next: mmtune report {outcome.path}")
+    console.print(f"sweep folder: {outcome.path}  ({counts}; {outcome.wall_s:.1f} s)", soft_wrap=True)
+    console.print(f"next: mmtune report {outcome.path}", soft_wrap=True)
     return 0 if outcome.ok else 1
 
 

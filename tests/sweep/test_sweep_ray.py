@@ -210,3 +210,20 @@ def test_multi_node_sweep_completes_when_a_worker_node_is_removed(tmp_path):
     assert "REMOVED" in done.stdout and "COUNTS {'TERMINATED': 6}" in done.stdout, done.stdout[-2000:]
     epochs, trials = tables(str(tmp_path / "runs" / "multi"))
     assert len(trials) == 6 and len(epochs) == 30 and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_spec_smoke_runs_through_the_cli(ray_session, tmp_path, path, capsys):
+    from mmtune.cli import main
+
+    assert main(["sweep", str(path), "--smoke-test", "--storage", str(tmp_path)]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "sweep finished" in out and f"mmtune report {tmp_path}" in out
+    epochs, trials = tables(str(next(tmp_path.iterdir())))
+    assert set(trials["status"]) <= {"TERMINATED", "STOPPED_EARLY"} and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert (trials["seed"] == trials["seed"].iloc[0]).all() and (trials["epochs_run"] <= 2).all()  # shrunk
+    assert main(["ls", "--storage", str(tmp_path)]) == 0
+    assert path.stem in capsys.readouterr().out
