@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -72,7 +73,10 @@ class Record:
         return dataclasses.replace(self, **changes)
 
 
+@functools.lru_cache(maxsize=None)
 def _type_hints(cls: type) -> dict[str, Any]:
+    # Resolving string annotations is slow (~ms per class) and configs are parsed per trial and per
+    # probe during spec validation: resolve each class once.
     return typing.get_type_hints(cls)
 
 
