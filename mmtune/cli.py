@@ -13,6 +13,9 @@
   trial ended in ERROR (the others still ran), 2 for an invalid spec (nothing started or written).
 * ``mmtune resume DIR [--retry-errored]`` — continue an interrupted sweep from its checkpoints.
 * ``mmtune ls [--storage DIR|URI]`` — the sweeps under a storage path, with status counts and progress.
+* ``mmtune report SWEEP [--out reports/<name>.md] [--metric val_acc] [--latex] [--paper-protocol]
+  [--baseline LABEL]`` — markdown ablation tables (mean ± std (n) over seeds, paired significance vs
+  the baseline) and plots, built from the stored tables only.
 
 Bad input exits 2 with a message naming the key, the rule and the fix; never a traceback.
 """
@@ -272,6 +275,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmtune.report import write_report
+
+    path = write_report(args.sweep, out=args.out, metric=args.metric, latex=args.latex,
+                        paper_protocol=args.paper_protocol, baseline=args.baseline, storage=args.storage)
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtune", description="Ablation sweeps for balanced multimodal learning.")
     parser.add_argument("--version", action="version", version=f"mmtune {__version__}")
@@ -310,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls = verbs.add_parser("ls", help="list sweeps with status counts")
     ls.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder or URI [runs]")
     ls.set_defaults(handler=cmd_ls)
+
+    report = verbs.add_parser("report", help="markdown ablation tables and plots from a sweep's tables")
+    report.add_argument("sweep", help="a sweep folder (<storage>/<name>) or a sweep name under --storage")
+    report.add_argument("--out", help="markdown file to write [reports/<name>.md]")
+    report.add_argument("--metric", default="val_acc", help="validation metric that selects the best epoch [val_acc]")
+    report.add_argument("--latex", action="store_true", help="also write the ablation table as booktabs LaTeX")
+    report.add_argument("--paper-protocol", action="store_true",
+                        help="add the optimistic test-selected column (max over epochs of test acc), labelled")
+    report.add_argument("--baseline", help="variant label the others are compared with [joint]")
+    report.add_argument("--storage", default=DEFAULT_STORAGE, help="where to look up a bare sweep name [runs]")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 
