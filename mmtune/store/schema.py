@@ -50,6 +50,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+# The sweep's spec and run metadata, written by mmtune.sweep.tuner next to the tables.
+SPEC_FILE = "spec.json"
 VERSION_KEY = b"mmtune.schema_version"
 MMTUNE_VERSION_KEY = b"mmtune.version"
 TABLE_KEY = b"mmtune.table"

@@ -40,11 +40,11 @@ from typing import Any
 
 from mmtune import __version__
 from mmtune.errors import ConfigError, Problem
+from mmtune.store.schema import SPEC_FILE  # the validated spec as read (plus how it was run)
 from mmtune.sweep.spec import DEFAULT_STORAGE, SweepSpec, expand_grid, optuna_base, parse_spec, smoke_spec
 
 __all__ = ["TrialListSearcher", "SeededOptunaSearcher", "SweepOutcome", "run_sweep", "resume_sweep", "sweep_path", "DEFAULT_STORAGE"]
 
-SPEC_FILE = "spec.json"  # the validated spec as read (plus how it was run), for resume and reports
 log = logging.getLogger(__name__)
 
 
@@ -354,7 +354,7 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
         meta = {"spec": spec.source, "name": name, "smoke_test": smoke_test, "mmtune_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command or " ".join(sys.argv),
                 "num_trials": spec.num_trials(), "axes": spec.axes(), "metric": spec.metric, "mode": spec.mode,
-                "algorithm": spec.algorithm}
+                "algorithm": spec.algorithm, "hardware": _hardware()}
         _write_text(f"{path}/{SPEC_FILE}", json.dumps(meta, indent=2, default=str))
         tuner, _ = build_tuner(spec, storage=storage, name=name, max_concurrent=max_concurrent, console=console,
                                live=live, trainable=trainable)
@@ -366,6 +366,22 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
             import ray
 
             ray.shutdown()
+
+
+def _hardware() -> dict[str, Any]:
+    """What the sweep ran on (the Ray cluster's totals, and this machine), for reports."""
+    import platform
+
+    import ray
+    import torch
+
+    resources = ray.cluster_resources()
+    info: dict[str, Any] = {"cluster_cpus": resources.get("CPU", 0), "cluster_gpus": resources.get("GPU", 0),
+                            "nodes": len(ray.nodes()), "driver": f"{platform.platform()}, Python {platform.python_version()}",
+                            "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["driver_gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 def _storage_for_ray(storage: str) -> str:

@@ -1,0 +1,391 @@
+"""``write_report``: a sweep's stored tables → ``reports/<name>.md`` (+ PNG plots, + optional LaTeX).
+
+Layout of the markdown, top to bottom: header (sweep, description, dates, command, search, trials by
+status, compute time, versions, hardware, the spec in a collapsed block), ablation table, paired
+significance against the baseline, per-modality table, curves, method traces, sensitivity plots,
+Optuna importances (Optuna sweeps), and the LaTeX table (``latex=True``). Each table is followed by
+the line that says where its numbers come from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from mmtune import __version__
+from mmtune.errors import ConfigError, Problem, did_you_mean
+from mmtune.report import plots
+from mmtune.report.data import (
+    SweepData,
+    Variant,
+    check_metric,
+    group_variants,
+    load_sweep,
+    modalities,
+    spec_domains,
+    status_counts,
+    trial_outcomes,
+)
+from mmtune.report.importance import optuna_importances
+from mmtune.report.tables import (
+    Cell,
+    Table,
+    ablation_table,
+    find_baselines,
+    format_summary,
+    metric_name,
+    modality_table,
+    significance_table,
+)
+
+__all__ = ["write_report", "render_markdown_table", "render_latex_table", "DEFAULT_BASELINE"]
+
+DEFAULT_BASELINE = "joint"
+TEST_COLUMNS = ("test_acc", "test_macro_f1", "test_map")
+_VERSIONED = ("mmtune", "torch", "ray", "optuna", "pyarrow", "pandas", "matplotlib")
+
+
+# ----------------------------------------------------------------------------------------- render
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_cell(cell: Cell) -> str:
+    text = format_summary(cell.summary, digits=cell.digits) if cell.summary is not None else cell.text
+    text = _md_escape(text)
+    if cell.bold and text not in ("", "—"):
+        # bold the numbers, keep "(n)" plain: **0.700 ± 0.100** (3)
+        head, sep, tail = text.rpartition(" (")
+        return f"**{head}**{sep}{tail}" if sep and cell.summary is not None else f"**{text}**"
+    return text
+
+
+def render_markdown_table(table: Table) -> str:
+    """Pipe table; number columns right-aligned, the variant's columns and text left."""
+    align = ["---:" if i >= table.n_axes and any(r[i].summary is not None for r in table.rows) else "---"
+             for i in range(len(table.header))]
+    lines = ["| " + " | ".join(_md_escape(h) for h in table.header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_UNICODE = {"—": "--", "−": "$-$", "±": r"$\pm$", "ρ": r"$\rho$", "Δ": r"$\Delta$", "…": r"\dots{}",
+                "≥": r"$\geq$", "·": r"$\cdot$"}
+
+
+def tex_escape(text: str) -> str:
+    out = "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+    for k, v in _TEX_UNICODE.items():
+        out = out.replace(k, v)
+    return out
+
+
+def _tex_cell(cell: Cell) -> str:
+    if cell.summary is None:
+        return tex_escape(cell.text) if not cell.bold else rf"\textbf{{{tex_escape(cell.text)}}}"
+    s, d = cell.summary, cell.digits
+    if s.n == 0:
+        return "--"
+    body = f"{s.mean:.{d}f}" if s.n == 1 else rf"{s.mean:.{d}f} \pm {s.std:.{d}f}"
+    body = rf"\mathbf{{{body}}}" if cell.bold else body
+    return f"${body}$ " + ("(n=1)" if s.n == 1 else f"({s.n})")
+
+
+def render_latex_table(table: Table, *, caption: str, label: str, provenance: str) -> str:
+    """A booktabs table (``\\toprule``/``\\midrule``/``\\bottomrule``); needs ``\\usepackage{booktabs}``."""
+    spec = "l" * table.n_axes + "c" * (len(table.header) - table.n_axes)
+    lines = [
+        f"% {provenance}",
+        "% needs \\usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{caption}}}",
+        rf"\label{{{label}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(tex_escape(h) for h in table.header) + r" \\",
+        r"\midrule",
+        *(" & ".join(_tex_cell(c) for c in row) + r" \\" for row in table.rows),
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- header
+def _version(package: str) -> str:
+    if package == "mmtune":
+        return __version__
+    try:
+        return metadata.version(package)  # never imported: reports do not load torch or Ray
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _duration(seconds: float) -> str:
+    if not seconds == seconds:  # NaN
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    if minutes < 120:
+        return f"{minutes:.1f} min"
+    return f"{minutes / 60:.2f} h"
+
+
+def _code(text: str) -> str:
+    text = str(text)
+    return f"``{text}``" if "`" in text else f"`{text}`"
+
+
+def _header(data: SweepData, *, column: str, now: dt.datetime) -> list[str]:
+    meta, spec, trials, epochs = data.meta, data.spec, data.trials, data.epochs
+    lines = [f"# Ablation report: {data.name}", ""]
+    if spec.get("description"):
+        lines += [f"> {spec['description']}", ""]
+    if meta.get("smoke_test"):
+        lines += ["> **Smoke test** (`--smoke-test`: ≤ 2 epochs, a small synthetic set, one seed): the numbers below "
+                  "check the pipeline, not the methods.", ""]
+    counts = status_counts(trials)
+    seeds = sorted({int(s) for s in trials["seed"].dropna()})
+    algorithm = data.algorithm
+    search = algorithm if meta else "unknown (no spec.json)"
+    if algorithm == "optuna":
+        search += f" ({spec.get('search', {}).get('num_samples', '?')} configurations sampled)"
+    scheduler = spec.get("scheduler") if isinstance(spec.get("scheduler"), dict) else {}
+    if "asha" in scheduler:  # `asha:` with no value is ASHA with its defaults
+        asha = scheduler["asha"] if isinstance(scheduler["asha"], dict) else {}
+        search += f", ASHA ({', '.join(f'{k} {v}' for k, v in asha.items()) or 'defaults'})"
+    search += f"; search metric {_code(meta.get('metric', '?'))} ({meta.get('mode', '?')})" if meta else ""
+    epoch_s = float(epochs["epoch_s"].sum()) if "epoch_s" in epochs.columns else float("nan")
+    wall_s = float(trials["wall_s"].sum()) if "wall_s" in trials.columns else float("nan")
+    devices = sorted({str(d) for d in trials["train.device"].dropna()}) if "train.device" in trials.columns else []
+    resources = spec.get("resources") if isinstance(spec.get("resources"), dict) else {}
+    recorded = meta.get("hardware")  # recorded by the tuner (absent in hand-made or older stores)
+    hardware = f"sweep: {json.dumps(recorded) if isinstance(recorded, (dict, list)) else recorded}; " if recorded else ""
+    hardware += f"report machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    if not recorded:
+        hardware += ". The sweep's own hardware is not recorded in the store (GPU: unknown)"
+    if devices:
+        hardware += f"; trials asked for device {', '.join(devices)}"
+    if resources:
+        hardware += f"; resources per trial: {', '.join(f'{k} {v}' for k, v in resources.items())}"
+    rows = [
+        ("sweep", f"{_code(data.name)} at {_code(data.path)}"),
+        ("created", str(meta.get("created", "unknown (no spec.json)"))),
+        ("report generated", now.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        ("command", _code(meta["command"]) if meta.get("command") else "unknown (no spec.json)"),
+        ("search", search),
+        ("varies", ", ".join(_code(a) for a in data.axes) or "nothing (one configuration)"),
+        ("seeds", ", ".join(map(str, seeds)) or "none recorded"),
+        ("selection", f"best epoch per trial = first epoch with the highest {_code(column)} (validation); "
+                      "test metrics are read at that epoch, never used to select"),
+        ("trials by status", " · ".join(f"{s} {n}" for s, n in counts.items()) + f" (total {len(trials)})"),
+        ("compute", f"Σ epoch time {_duration(epoch_s)} over {len(epochs)} epochs; Σ trial wall time {_duration(wall_s)}"),
+        ("versions", f"sweep ran with mmtune {meta.get('mmtune_version', 'unknown')}; report built with "
+                     + ", ".join(f"{p} {_version(p)}" for p in _VERSIONED)),
+        ("hardware", hardware),
+    ]
+    lines += ["| | |", "|---|---|", *(f"| {k} | {_md_escape(v)} |" for k, v in rows), ""]
+    for note in data.notes:
+        lines += [f"> Note: {note}", ""]
+    if spec:
+        text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+        lines += ["<details><summary>sweep spec (as read, from spec.json)</summary>", "", "```yaml", text.rstrip(), "```",
+                  "", "</details>", ""]
+    return lines
+
+
+def _provenance(data: SweepData, column: str) -> str:
+    meta = data.meta
+    parts = [f"sweep {_code(data.name)}"]
+    if meta.get("created"):
+        parts.append(f"created {meta['created']}")
+    parts.append(f"mmtune {meta.get('mmtune_version', __version__)}")
+    if meta.get("command"):
+        parts.append(f"command {_code(meta['command'])}")
+    return ("*Source: " + ", ".join(parts) + f". Cells: mean ± sample std (ddof = 1) over seeds, (n) = seeds that "
+            f"finished all epochs (TERMINATED); best epoch selected on {_code(column)} (validation).*")
+
+
+# ----------------------------------------------------------------------------------------- report
+def _default_out(name: str) -> Path:
+    return Path("reports") / f"{name}.md"
+
+
+def _baseline_section(variants: Sequence[Variant], axes: Sequence[str], baseline: str | None, explicit: bool,
+                      paper_protocol: bool, data: SweepData, column: str) -> list[str]:
+    base, matches = find_baselines(variants, axes, baseline or DEFAULT_BASELINE)
+    name = baseline or DEFAULT_BASELINE
+    lines = [f"## Significance against the baseline ({name})", ""]
+    if not base:
+        labels = list(dict.fromkeys([*(v.label for v in variants if v.label), *(v.name for v in variants)]))
+        if explicit:
+            raise ConfigError(Problem("--baseline", f"no variant labelled '{name}' in sweep {data.path}.{did_you_mean(name, labels)} "
+                                      f"Pass a variant label or name: {', '.join(labels)}."))
+        shown = ", ".join(_code(x) for x in labels[:12]) + (f" … ({len(labels) - 12} more)" if len(labels) > 12 else "")
+        return lines + [f"No variant labelled `{name}` in this sweep, so nothing is compared; pass `--baseline LABEL` "
+                        f"to compare against one of: {shown}.", ""]
+    if not matches:
+        return lines + ["Every variant of this sweep is the baseline: nothing to compare.", ""]
+    table, _ = significance_table(matches, axes, column="test_acc", paper_protocol=paper_protocol)
+    lines += [
+        f"Difference in test accuracy at the best-validation epoch, variant − `{name}`, **paired by seed** (only seeds "
+        "where both trials finished). Interval: the paired t interval, mean(d) ± t₀.₉₇₅(n−1) · sd(d)/√n, with the "
+        "Student t quantile computed by mmtune (inverse of the regularized incomplete beta). With one pair there is "
+        "no interval; with few seeds the interval is wide. Bold: the interval excludes 0.",
+        "",
+        render_markdown_table(table),
+        "",
+        _provenance(data, column),
+        "",
+    ]
+    return lines
+
+
+def _plot_lines(figures: Sequence[plots.Plot], out_dir: Path) -> list[str]:
+    """Each figure by its path relative to the markdown file, with its caption."""
+    lines = []
+    for p in figures:
+        rel = os.path.relpath(p.path, out_dir).replace(os.sep, "/")
+        lines += [f"![{p.title}]({rel})", "", f"*{p.caption}*", ""]
+    return lines
+
+
+def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc", latex: bool = False,
+                 paper_protocol: bool = False, baseline: str | None = None, storage: str = "runs") -> Path:
+    """Write the markdown report of a sweep (and its PNG plots, and ``<name>.tex`` with ``latex``).
+
+    ``sweep`` is a sweep folder (path or URI) or a sweep name under ``storage``. Default output:
+    ``reports/<name>.md`` with plots in ``reports/<name>_files/``. Returns the markdown path.
+    Raises :class:`~mmtune.errors.ConfigError` for a missing or empty sweep, an unknown or test
+    ``metric`` and an unknown ``baseline``.
+    """
+    data = load_sweep(sweep, storage=storage)
+    column = check_metric(data, metric)
+    now = dt.datetime.now().astimezone()
+    out_path = Path(out) if out else _default_out(data.name)
+    if out_path.is_dir() or str(out).endswith(("/", os.sep)):
+        out_path = out_path / f"{data.name}.md"  # --out reports/ : the default file name in that folder
+    elif not out_path.suffix:
+        out_path = out_path.with_suffix(".md")
+    files = out_path.parent / f"{out_path.stem}_files"
+    outcomes = trial_outcomes(data, column)
+    variants = group_variants(data, outcomes)
+    axes = data.axes
+    mods = modalities(data.epochs)
+    test_columns = [c for c in TEST_COLUMNS if c in outcomes.columns]
+    provenance = _provenance(data, column)
+
+    lines = _header(data, column=column, now=now)
+
+    # -- ablation table
+    ablation = ablation_table(variants, axes, selection=column, test_columns=test_columns, paper_protocol=paper_protocol)
+    lines += ["## Ablation table", "",
+              f"One row per variant ({', '.join(_code(a) for a in axes) or 'a single configuration'}); "
+              f"{metric_name(column)} at each trial's best epoch and the test metrics **at that same epoch**. "
+              "Bold: best of its column. Trials that did not finish are counted in *not in mean* and listed below; "
+              "trials stopped early by ASHA are not averaged with finished ones.", ""]
+    if paper_protocol:
+        lines += ["> **Paper protocol** (`--paper-protocol`): the official implementations of these methods pick their "
+                  "best epoch on the *test* set, so published numbers are the maximum over epochs of test accuracy. "
+                  "The column *test acc, max over epochs (optimistic, test-selected)* shows that number for the same "
+                  "trials, and *optimism* its gain over the honest column, so you can see how much of a published gap is "
+                  "protocol. It is never bold and never used to select anything.", ""]
+    lines += [render_markdown_table(ablation), "", provenance, ""]
+    if ablation.notes:
+        lines += ["Not in the means:", "", *(f"- {n}" for n in ablation.notes), ""]
+
+    # -- significance
+    lines += _baseline_section(variants, axes, baseline, baseline is not None, paper_protocol, data, column)
+
+    # -- per modality
+    available = [c for c in outcomes.columns if "/" in c]
+    if mods:
+        table = modality_table(variants, axes, mods, available)
+        lines += ["## Per-modality", "",
+                  "Accuracy of each modality's own prediction inside the joint model (`val_acc/<m>`, `test_acc/<m>`) at "
+                  f"the best-validation epoch, and the discrepancy ratio ρ^m (`imbalance/<m>`, on validation) at the "
+                  "last epoch.", "", render_markdown_table(table), "", provenance, ""]
+
+    # -- plots
+    for stale in files.glob("*.png") if files.is_dir() else []:
+        stale.unlink()  # the folder is the report's own: no plot from an earlier run lingers
+    curves = []
+    for c in ["val_acc"] + ([column] if column != "val_acc" else []):
+        curve = plots.curve_plot(files / f"curve_{plots.safe_name(c)}.png", variants, data.epochs, c)
+        curves += [curve] if curve else []
+    if curves:
+        lines += ["## Curves", "", *_plot_lines(curves, out_path.parent)]
+    traces = plots.trace_plots(files, variants, data.epochs)
+    if traces:
+        lines += ["## Method traces", "", *_plot_lines(traces, out_path.parent)]
+    base_variants = [v for v in variants if v.label == (baseline or DEFAULT_BASELINE)]
+    sensitivity = plots.sensitivity_plots(files, variants, axes, column="test_acc", algorithm=data.algorithm,
+                                          domains=spec_domains(data.spec), baselines=base_variants)
+    if sensitivity:
+        lines += ["## Sensitivity", "", *_plot_lines(sensitivity, out_path.parent)]
+
+    # -- Optuna importances
+    if data.algorithm == "optuna":
+        lines += ["## Parameter importances (Optuna)", ""]
+        imp = optuna_importances(data, outcomes)
+        how = (f"A study rebuilt from the tables: one trial per configuration (`config_key`), valued at the mean of "
+               f"`{imp.objective}` at the last epoch over its seeds that ran all epochs (TERMINATED); seeds stopped "
+               f"early by ASHA, failed or unfinished give no value. {imp.n_configs} configurations used "
+               f"({imp.n_partial} of them on only some seeds), {imp.n_left_out} left out (no seed finished). "
+               f"Distributions from the spec's domains. Evaluator: {imp.evaluator} (the default of "
+               "`optuna.importance.get_param_importances`).")
+        lines += [how, ""]
+        if imp.values:
+            plot = plots.importance_plot(files / "optuna_importances.png", imp.values, evaluator=imp.evaluator,
+                                         n_configs=imp.n_configs)
+            lines += ["| parameter | importance |", "|---|---:|",
+                      *(f"| `{k}` | {v:.3f} |" for k, v in imp.values.items()), ""]
+            lines += _plot_lines([plot], out_path.parent)
+            if imp.n_configs < 10:
+                lines += [f"> With {imp.n_configs} configurations these importances are a rough indication only.", ""]
+        else:
+            lines += [f"Importances not computed: {imp.reason}", ""]
+        for w in imp.warnings:
+            lines += [f"> optuna: {w}", ""]
+
+    # -- LaTeX
+    if latex:
+        tex = render_latex_table(
+            ablation,
+            caption=tex_caption(data, column),
+            label=f"tab:{re.sub(r'[^A-Za-z0-9:_-]+', '-', data.name)}",
+            provenance=_plain_provenance(data),
+        )
+        tex_path = out_path.with_suffix(".tex")
+        tex_path.parent.mkdir(parents=True, exist_ok=True)
+        tex_path.write_text(tex)
+        lines += ["## LaTeX", "", f"The ablation table as booktabs LaTeX (also in `{tex_path.name}`):", "", "```latex",
+                  tex.rstrip(), "```", ""]
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(lines).rstrip() + "\n")
+    return out_path
+
+
+def tex_caption(data: SweepData, column: str) -> str:
+    return tex_escape(f"Ablation on sweep {data.name}: mean ± sample std over seeds, (n) = seeds that finished; "
+                      f"test metrics at the epoch with the best {column} (validation); bold = best per column.")
+
+
+def _plain_provenance(data: SweepData) -> str:
+    meta = data.meta
+    return (f"mmtune report: sweep {data.name}, created {meta.get('created', 'unknown')}, mmtune "
+            f"{meta.get('mmtune_version', __version__)}; command: {meta.get('command', 'unknown')}").replace("\n", " ")
