@@ -1,4 +1,4 @@
-# Quick start:  make demo   (set up .venv if missing, then run the main job on the built-in default)
+# Quick start:  make demo   (set up .venv if missing, then sweep + report on the built-in default)
 #               make test   (set up if needed, then run the whole test suite)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The main job on the built-in default: the quickstart sweep (joint vs OGM-GE vs OPM vs AMSS+ vs AIM,
+# 3 seeds, synthetic data), then its report. Each run gets its own folder, so nothing is overwritten.
 demo: setup
-	$(VENV)/bin/mmtune run joint
+	@name=quickstart-$$(date +%Y%m%d-%H%M%S); \
+	$(VENV)/bin/mmtune sweep search_spaces/quickstart.yaml --name $$name && \
+	$(VENV)/bin/mmtune report runs/$$name --out runs/$$name/report.md
 
 test: setup
 	$(VENV)/bin/python -m pytest
