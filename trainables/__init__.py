@@ -6,6 +6,7 @@ from trainables._registry import METHODS, TRAINABLES, get_method, get_trainable,
 from trainables import joint  # noqa: E402,F401  joint, unimodal
 from trainables import ogm  # noqa: E402,F401  ogm (OGM, OGM-GE, OGM*)
 from trainables import opm  # noqa: E402,F401  opm
+from trainables import amss  # noqa: E402,F401  amss (AMSS, AMSS+; sampling, mask-unit and scope variants)
 from trainables import aim  # noqa: E402,F401  aim (AIM, w/o PAM, w/o DAM, AIM-label)
 
 # Compositions exercised by the registry-wide conformance tests and shipped specs.

@@ -1,0 +1,437 @@
+"""AMSS / AMSS+: Eq. 2–4 by hand (K = 2, 3), mask units, Fisher importance, sampling statistics,
+exact gradient masking and scopes, AMSS+ multipliers, trial runs and checkpoint continuation."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+from torch import nn
+
+import trainables.amss  # noqa: F401  registers "amss" (trainables/__init__.py does not import it yet)
+from mmtune.engine.method import StepContext
+from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
+from mmtune.errors import ConfigError
+from trainables.amss import (
+    code_label_entropy,
+    code_update_ratio,
+    expected_log_likelihood,
+    feature_entropy,
+    fisher_importance,
+    inclusion_probability,
+    label_entropy,
+    mask_layers,
+    modal_significance,
+    momentum_update,
+    per_sample_fisher,
+    sample_count,
+    sample_mask,
+    unbiased_mask,
+    unit_fisher,
+    update_ratio,
+)
+
+SHAPED = {"shape": "shaped", "image_size": 16, "n_train": 64, "n_val": 32, "n_test": 32}
+
+
+# ----------------------------------------------------------------------------- Eq. 2–4 by hand
+
+
+def test_label_entropy_from_batch_frequencies():
+    # p(y) = (1/2, 1/4, 1/4, 0): H = 1/2 ln 2 + 2 · 1/4 ln 4 = 1.5 ln 2 (class 3 absent: 0 log 0 = 0).
+    assert label_entropy(torch.tensor([0, 0, 1, 2]), 4).item() == pytest.approx(1.5 * math.log(2))
+
+
+def test_code_label_entropy_is_the_cross_entropy_quirk():
+    # The code: CrossEntropyLoss(p, p) with p = bincount / B over classes 0..max label = (.5, .25, .25).
+    freq = [0.5, 0.25, 0.25]
+    log_norm = math.log(sum(math.exp(f) for f in freq))
+    expected = -sum(f * (f - log_norm) for f in freq)
+    assert code_label_entropy(torch.tensor([0, 0, 1, 2]), 6).item() == pytest.approx(expected)
+
+
+def test_expected_log_likelihood_by_hand():
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [3.0, 0.0]]])  # (K=2, B=2, C=2)
+    labels = torch.tensor([0, 1])
+
+    def log_softmax(row, c):
+        return row[c] - math.log(sum(math.exp(v) for v in row))
+
+    expected = [
+        (log_softmax([2.0, 0.0], 0) + log_softmax([0.0, 1.0], 1)) / 2,
+        (log_softmax([0.0, 0.0], 0) + log_softmax([3.0, 0.0], 1)) / 2,
+    ]
+    assert expected_log_likelihood(logits, labels).tolist() == pytest.approx(expected)
+
+
+def test_feature_entropy_is_the_softmax_entropy_over_feature_dimensions():
+    flat = torch.zeros(3, 4)  # uniform softmax: ln 4
+    skewed = torch.tensor([[math.log(3.0), 0.0]])  # softmax (3/4, 1/4)
+    h_skewed = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert feature_entropy([flat, flat]).tolist() == pytest.approx([math.log(4)] * 2)
+    assert feature_entropy([flat, skewed]).tolist() == pytest.approx([math.log(4), h_skewed])  # mixed dims
+
+
+def test_modal_significance_three_modalities():
+    xi = modal_significance(torch.tensor(1.5), torch.tensor([-0.5, -1.0, -1.4]), torch.tensor([2.0, 4.0, 1.0]))
+    assert xi.tolist() == pytest.approx([1.0 / 2.0, 0.5 / 4.0, 0.1 / 1.0])
+    assert modal_significance(torch.tensor(1.0), torch.tensor([-0.7]), torch.tensor([2.0]), offset=0.5).item() == pytest.approx(0.4)
+
+
+def test_momentum_update():
+    xi1, xi2 = torch.tensor([0.3, 0.1]), torch.tensor([0.5, -0.1])
+    u = momentum_update(None, xi1, 0.9)
+    assert torch.equal(u, xi1)  # u starts at the first ξ
+    u = momentum_update(u, xi2, 0.9)
+    assert u.tolist() == pytest.approx([0.9 * 0.3 + 0.1 * 0.5, 0.9 * 0.1 + 0.1 * -0.1])
+
+
+@pytest.mark.parametrize("u", [[0.3, 0.1], [0.2, 0.05, -0.1]])
+def test_update_ratio_by_hand(u):
+    tau = 0.25
+    exps = [math.exp(v / tau) for v in u]
+    expected = [1 - e / sum(exps) for e in exps]
+    p = update_ratio(torch.tensor(u), tau)
+    assert p.tolist() == pytest.approx(expected)
+    assert (1 - p).sum().item() == pytest.approx(1.0)  # Σ_k (1 − p^(k)) = 1 without clamping
+    assert p.argmax().item() == len(u) - 1  # the least significant (weakest) modality updates most
+
+
+def test_smaller_tau_widens_the_gap():
+    u = torch.tensor([0.3, 0.1])
+    gaps = [(lambda p: (p[1] - p[0]).item())(update_ratio(u, tau)) for tau in (0.1, 0.25, 1.0, 4.0)]
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] > 0  # Table VIII's trend
+
+
+def test_code_update_ratio_two_modalities_and_fallbacks():
+    xi = torch.tensor([0.4, 0.1])
+    t_a, t_v = 0.4 / 0.2, 0.1 / 0.2
+    p = code_update_ratio(xi, torch.tensor([1.0, 1.0]), 0.2)
+    # the code: coeff_a = exp(t_v) / (exp(t_v) + exp(t_a)), coeff_v = exp(t_a) / (…)
+    assert p.tolist() == pytest.approx([math.exp(t_v) / (math.exp(t_v) + math.exp(t_a)),
+                                        math.exp(t_a) / (math.exp(t_v) + math.exp(t_a))])
+    assert code_update_ratio(xi, torch.tensor([1.0, 0.0]), 0.2).tolist() == [0.5, 0.5]  # a numerator <= 0
+    assert code_update_ratio(torch.tensor([math.nan, 0.1]), torch.tensor([1.0, 1.0]), 0.2).tolist() == [0.5, 0.5]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def build(params=None, **sections) -> Trial:
+    return Trial(parse_trial_config(tiny_config("amss", params=params or {}, **sections)))
+
+
+def forward_backward(trial: Trial, batch_size: int = 64):
+    batch = next(trial.data.train.batches(batch_size, generator=torch.Generator().manual_seed(0)))
+    trial.model.train()
+    trial.model.zero_grad(set_to_none=True)
+    out = trial.model(batch.inputs)
+    F.cross_entropy(out.logits, batch.labels).backward()
+    ctx = StepContext(epoch=1, step=0, global_step=0, modulating=True, generator=trial.method_generator, device=trial.device)
+    return out, batch, ctx
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+class Spy:
+    """Records the outputs of a trainables.amss function while calling the real one."""
+
+    def __init__(self, monkeypatch, name: str):
+        self.real = getattr(trainables.amss, name)
+        self.calls: list[tuple[tuple, torch.Tensor]] = []
+        monkeypatch.setattr(f"trainables.amss.{name}", self)
+
+    def __call__(self, *args, **kwargs):
+        out = self.real(*args, **kwargs)
+        self.calls.append((args, out))
+        return out
+
+
+def masked_names(trial: Trial) -> dict[str, int]:
+    """Parameter name → modality index, for every parameter the method masks."""
+    names = {id(p): n for n, p in trial.model.named_parameters()}
+    return {names[id(piece.param)]: layer.modality for g in trial.method.groups for layer in g.layers for piece in layer.pieces}
+
+
+# ----------------------------------------------------------------------------- mask units (App. C.2)
+
+
+def test_mlp_units_are_output_rows_of_block_weights():
+    trial = build()
+    layers = mask_layers(trial.model, trial.modalities, scope="backbone", unit="auto")
+    assert [(layer.modality, layer.kind, layer.units) for layer in layers] == [(0, "rows", 128)] * 2 + [(1, "rows", 128)] * 2
+    for m, k in (("audio", 0), ("video", 1)):
+        weights = [b[0].weight for b in trial.model.depth_blocks(m)]
+        assert [layer.pieces[0].param for layer in layers if layer.modality == k] == weights  # no biases
+    element = mask_layers(trial.model, trial.modalities, scope="backbone", unit="element")
+    assert [layer.units for layer in element] == [64 * 128, 128 * 128] * 2
+
+
+def test_cnn_units_are_output_channels_summed_over_kernel():
+    trial = build(dataset=SHAPED, model={"backbone": "cnn"})
+    layers = mask_layers(trial.model, trial.modalities, scope="backbone", unit="auto")
+    assert [(layer.kind, layer.units) for layer in layers] == [("channels", 32), ("channels", 64)] * 2
+    w = layers[1].pieces[0].param
+    g = torch.randn(w.shape)
+    assert torch.allclose(unit_fisher(layers[1], [g * g]), (g * g).sum((1, 2, 3)))
+
+
+def test_transformer_units_are_heads_and_rows():
+    trial = build(model={"backbone": "transformer", "num_layers": 1, "hidden_dim": 16})
+    layers = [layer for layer in mask_layers(trial.model, trial.modalities, scope="backbone", unit="auto") if layer.modality == 0]
+    assert [(layer.kind, layer.units) for layer in layers] == [("rows", 16), ("heads", 4), ("rows", 32), ("rows", 16)]
+    mha = trial.model.encoders["audio"].blocks[0][1].self_attn
+    heads = layers[1]
+    assert [piece.param for piece in heads.pieces] == [mha.in_proj_weight, mha.out_proj.weight]
+    g_in, g_out = torch.randn(48, 16), torch.randn(16, 16)
+    got = unit_fisher(heads, [g_in**2, g_out**2])
+    for h in range(4):  # head h: rows h*4:(h+1)*4 of each of Q, K, V, and those columns of the output projection
+        rows = torch.cat([g_in[q * 16 + h * 4: q * 16 + (h + 1) * 4] for q in range(3)])
+        assert got[h].item() == pytest.approx((rows**2).sum().item() + (g_out[:, h * 4:(h + 1) * 4] ** 2).sum().item(), rel=1e-5)
+    masked = {id(piece.param) for layer in layers for piece in layer.pieces}
+    norms = [p for mod in trial.model.encoders["audio"].modules() if isinstance(mod, nn.LayerNorm) for p in mod.parameters()]
+    assert not masked & {id(p) for p in norms}
+    assert id(trial.model.encoders["audio"].blocks[0][0].pos) not in masked
+
+
+def test_resnet_masks_block_convolutions_only():
+    trial = build(dataset=SHAPED, model={"backbone": "resnet18"})
+    encoder = trial.model.encoders["audio"]
+    layers = [layer for layer in mask_layers(trial.model, trial.modalities, scope="backbone", unit="auto") if layer.modality == 0]
+    assert len(layers) == 16 and all(layer.kind == "channels" for layer in layers)  # 4 stages × 2 blocks × 2 convs
+    masked = {id(layer.pieces[0].param) for layer in layers}
+    assert id(encoder.conv1.weight) not in masked  # stem
+    downsample = [m.weight for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert len(downsample) == 3 and not masked & {id(w) for w in downsample}
+    assert all(layer.pieces[0].param.shape[-2:] == (3, 3) for layer in layers)
+    # One step: only those convolutions' gradients change; stem, downsample and BatchNorm stay bit-identical.
+    out, batch, ctx = forward_backward(trial, batch_size=4)
+    before = grads(trial.model)
+    trial.method.modulate_gradients(trial.model, out, batch, ctx)
+    after = grads(trial.model)
+    names = masked_names(trial)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed <= set(names) and len(changed) >= len(names) // 2 and len(names) == 32
+
+
+# ----------------------------------------------------------------------------- importance and sampling
+
+
+def test_fisher_importance_normalises_within_each_layer():
+    f = torch.tensor([[1.0, 3.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
+    w = fisher_importance(f)
+    assert w[0].tolist() == pytest.approx([0.125, 0.375, 0.0, 0.5])
+    assert w[1].tolist() == pytest.approx([0.25] * 4)  # no gradient at all: uniform
+
+
+def test_per_sample_fisher_is_the_mean_squared_per_sample_gradient():
+    trial = build()
+    batch = next(trial.data.train.batches(6, generator=torch.Generator().manual_seed(0)))
+    params = [trial.method.groups[0].layers[0].pieces[0].param, trial.method.groups[0].layers[3].pieces[0].param]
+    got = per_sample_fisher(trial.model, params, batch)
+    expected = [torch.zeros_like(p) for p in params]
+    for i in range(len(batch)):
+        out = trial.model({m: x[i:i + 1] for m, x in batch.inputs.items()})
+        g = torch.autograd.grad(F.cross_entropy(out.logits, batch.labels[i:i + 1]), params)
+        for e, gi in zip(expected, g, strict=True):
+            e += gi**2 / len(batch)
+    for a, b in zip(got, expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-10)
+
+
+def test_sample_keeps_exactly_ceil_p_c_units_per_row():
+    gen = torch.Generator().manual_seed(0)
+    weights = fisher_importance(torch.rand(5, 37, generator=gen) ** 3)
+    p = torch.tensor([0.05, 0.3, 0.5, 0.71, 1.0])
+    counts = sample_count(p, 37)
+    assert counts.tolist() == [math.ceil(v * 37) for v in (0.05, 0.3, 0.5, 0.71, 1.0)]
+    for _ in range(5):
+        mask = sample_mask(weights, counts, gen)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert mask.sum(1).tolist() == counts.tolist()
+
+
+def test_single_draw_frequencies_equal_the_importance():
+    w = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03])
+    draws = 40_000
+    mask = sample_mask(w.expand(draws, -1).contiguous(), torch.ones(draws), torch.Generator().manual_seed(1))
+    assert (mask.mean(0) - w).abs().max().item() < 0.01  # 4σ ≈ 0.01
+
+
+def test_frequencies_without_replacement_follow_importance_and_inclusion_probability():
+    gen = torch.Generator().manual_seed(2)
+    w = fisher_importance(torch.rand(1, 40, generator=gen) ** 4)
+    draws, n = 20_000, torch.tensor([12.0])
+    freq = sample_mask(w.expand(draws, -1).contiguous(), n.expand(draws), gen).mean(0)
+    pi = inclusion_probability(w, n)[0]
+    assert pi.sum().item() == pytest.approx(12.0, abs=1e-3)
+    assert (freq - pi).abs().max().item() < 0.015  # the approximation is within Monte-Carlo error
+    order = w[0].argsort()
+    assert torch.corrcoef(torch.stack([freq[order], torch.arange(40.0)]))[0, 1] > 0.9  # more important, more often
+
+
+def test_uniform_sampling_is_uniform_and_its_inclusion_probability_exact():
+    draws, c, n = 20_000, 20, 7
+    w = torch.full((draws, c), 1.0 / c)
+    freq = sample_mask(w, torch.full((draws,), float(n)), torch.Generator().manual_seed(3)).mean(0)
+    assert (freq - n / c).abs().max().item() < 0.015
+    assert torch.allclose(inclusion_probability(w[:1], torch.tensor([float(n)])), torch.full((1, c), n / c))
+    assert inclusion_probability(w[:1], torch.tensor([float(c)])).tolist() == [[1.0] * c]  # a full draw
+
+
+def test_unbiased_mask_multipliers():
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    pi = torch.tensor([[0.9, 0.2, 0.5, 0.4]])
+    a = 1 / 4
+    m = unbiased_mask(mask, pi)
+    assert m[0].tolist() == pytest.approx([1 / (0.9 + a), 0.0, 1 / (0.5 + a), 1 / (0.4 + a)])
+    normalised = unbiased_mask(torch.ones(1, 4), pi, inclusion=pi)
+    assert (normalised * pi).sum().item() == pytest.approx(4.0)  # Σ_j E[m_j] = C_l
+    w = torch.tensor([[0.4, 0.3, 0.2, 0.1]])  # the code's π := w, normalised by the true inclusion probability
+    assert (unbiased_mask(torch.ones(1, 4), w, inclusion=pi) * pi).sum().item() == pytest.approx(4.0)
+
+
+# ----------------------------------------------------------------------------- masking a real step
+
+
+def test_amss_masks_exactly_the_sampled_units(monkeypatch):
+    trial = build()
+    out, batch, ctx = forward_backward(trial)
+    before = grads(trial.model)
+    masks = Spy(monkeypatch, "sample_mask")
+    trial.method.modulate_gradients(trial.model, out, batch, ctx)
+    p = torch.tensor([trial.method.traces.compute()[f"p/{m}"] for m in trial.modalities])
+    (weights_counts, mask), = [(c[0], c[1]) for c in masks.calls]
+    group = trial.method.groups[0]
+    assert mask.sum(1).tolist() == [math.ceil(p[layer.modality].item() * 128) for layer in group.layers]
+    after = grads(trial.model)
+    layer_of = {id(layer.pieces[0].param): r for r, layer in enumerate(group.layers)}
+    for name, param in trial.model.named_parameters():
+        if id(param) in layer_of:
+            row = mask[layer_of[id(param)]]
+            assert torch.equal(after[name], before[name] * row.unsqueeze(1)), name
+            assert (after[name][row == 0] == 0).all()
+        else:
+            assert torch.equal(after[name], before[name]), name  # biases, fusion: bit-identical
+
+
+def test_amss_plus_multipliers_are_one_over_pi_plus_a(monkeypatch):
+    trial = build({"plus": True})
+    out, batch, ctx = forward_backward(trial)
+    before = grads(trial.model)
+    masks, pis = Spy(monkeypatch, "sample_mask"), Spy(monkeypatch, "inclusion_probability")
+    trial.method.modulate_gradients(trial.model, out, batch, ctx)
+    (_, mask), ((_, _), pi) = masks.calls[0], pis.calls[0]
+    expected_factor = torch.where(mask > 0, 1.0 / (pi + 1 / 128), torch.zeros_like(pi))
+    after = grads(trial.model)
+    for r, layer in enumerate(trial.method.groups[0].layers):
+        name = next(n for n, p in trial.model.named_parameters() if p is layer.pieces[0].param)
+        assert torch.allclose(after[name], before[name] * expected_factor[r].unsqueeze(1), rtol=1e-6, atol=0)
+
+
+def test_code_plus_multipliers_use_the_importance(monkeypatch):
+    trial = build({"plus": True, "plus_pi": "importance"})
+    out, batch, ctx = forward_backward(trial)
+    before = grads(trial.model)
+    masks = Spy(monkeypatch, "sample_mask")
+    trial.method.modulate_gradients(trial.model, out, batch, ctx)
+    ((weights, _, _), mask), = masks.calls
+    expected_factor = torch.where(mask > 0, 1.0 / (weights + 1 / 128), torch.zeros_like(weights))
+    layer = trial.method.groups[0].layers[0]
+    name = next(n for n, p in trial.model.named_parameters() if p is layer.pieces[0].param)
+    assert torch.allclose(trial.model.get_parameter(name).grad, before[name] * expected_factor[0].unsqueeze(1), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("scope", ["backbone", "classifier", "both"])
+def test_scopes_touch_exactly_their_parameters(scope):
+    trial = build({"mask_scope": scope}, model={"fusion": "late"})
+    out, batch, ctx = forward_backward(trial)
+    before = grads(trial.model)
+    trial.method.modulate_gradients(trial.model, out, batch, ctx)
+    after = grads(trial.model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    heads = {f"fusion.heads.{m}.weight" for m in trial.modalities}
+    blocks = {f"encoders.{m}.blocks.{d}.0.weight" for m in trial.modalities for d in range(2)}
+    expected = {"backbone": blocks, "classifier": heads, "both": blocks | heads}[scope]
+    assert changed == expected
+    assert set(masked_names(trial)) == expected
+
+
+def test_classifier_scope_needs_per_modality_heads():
+    with pytest.raises(ConfigError, match="mask_scope"):
+        build({"mask_scope": "classifier"})  # concat: no interface for W^k's columns yet
+
+
+def test_config_rejects_inverted_clamp_range():
+    with pytest.raises(ConfigError, match="p_min"):
+        build({"p_min": 0.8, "p_max": 0.2})
+
+
+# ----------------------------------------------------------------------------- trials
+
+
+@pytest.mark.parametrize("params,sections", [
+    ({}, {}),
+    ({"plus": True}, {}),
+    ({"sampling": "uniform", "plus": True}, {}),
+    ({"fisher": "per_sample"}, {}),
+    ({"mask_unit": "element"}, {}),
+    ({"formula": "code"}, {}),
+    ({"plus": True, "plus_scale": "normalized"}, {"dataset": SHAPED, "model": {"backbone": "cnn"}}),
+    ({"fisher": "per_sample", "plus": True}, {"model": {"backbone": "transformer", "hidden_dim": 16, "num_layers": 1},
+                                              "dataset": {"n_train": 64, "n_val": 32, "n_test": 32}}),
+], ids=["amss", "plus", "uniform", "per_sample", "element", "code", "cnn", "transformer"])
+def test_short_trial_runs_and_traces(params, sections):
+    trial = build(params, **sections)
+    metrics = [trial.step() for _ in range(2)][-1]
+    assert all(math.isfinite(v) for v in metrics.values())
+    for q in ("xi", "u", "p"):
+        assert {f"trace/{q}/audio", f"trace/{q}/video"} <= set(metrics)
+    p = [metrics["trace/p/audio"], metrics["trace/p/video"]]
+    if params.get("formula") == "code":
+        assert all(0.1 <= v <= 0.9 for v in p)  # the code's clamp
+    else:
+        assert sum(1 - v for v in p) == pytest.approx(1.0, abs=1e-5)
+
+
+def without_timing(metrics):
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+
+
+@pytest.mark.parametrize("params", [{"plus": True}, {"formula": "code", "fisher": "per_sample"}], ids=["plus", "code"])
+def test_save_restore_continue_equals_uninterrupted(params):
+    def make() -> Trial:
+        return Trial(parse_trial_config(tiny_config("amss", params=params, dataset={"n_train": 128})))
+
+    uninterrupted = make()
+    expected = [without_timing(uninterrupted.step()) for _ in range(3)][1:]
+    trial = make()
+    trial.step()
+    assert trial.method.state_dict()["u"].shape == (2,)
+    buffer = io.BytesIO()
+    torch.save(trial.state_dict(), buffer)
+    buffer.seek(0)
+    restored = make()
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    assert torch.equal(restored.method.u, trial.method.u)
+    assert [without_timing(restored.step()) for _ in range(2)] == expected
+
+
+def test_window_is_respected():
+    trial = build({"start_epoch": 2, "end_epoch": 2})
+    traced = ["trace/p/audio" in trial.step() for _ in range(3)]
+    assert traced == [False, True, False]
+    assert trial.method.u is not None
+
+
+def test_default_set_updates_the_weak_modality_more():
+    trial = Trial(parse_trial_config({"method": "amss", "train": {"epochs": 2}}))
+    metrics = [trial.step() for _ in range(2)][-1]  # audio (dominant) already more significant after 2 epochs
+    assert metrics["trace/xi/audio"] > metrics["trace/xi/video"]
+    assert metrics["trace/p/video"] > metrics["trace/p/audio"]
