@@ -322,7 +322,7 @@ def test_amss_masks_exactly_the_sampled_units(monkeypatch):
 
 
 def test_amss_plus_multipliers_are_one_over_pi_plus_a(monkeypatch):
-    trial = build({"plus": True})
+    trial = build({"plus": True, "plus_pi": "inclusion"})
     out, batch, ctx = forward_backward(trial)
     before = grads(trial.model)
     masks, pis = Spy(monkeypatch, "sample_mask"), Spy(monkeypatch, "inclusion_probability")
