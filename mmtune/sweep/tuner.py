@@ -358,14 +358,10 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
         _write_text(f"{path}/{SPEC_FILE}", json.dumps(meta, indent=2, default=str))
         tuner, _ = build_tuner(spec, storage=storage, name=name, max_concurrent=max_concurrent, console=console,
                                live=live, trainable=trainable)
-        start = time.perf_counter()
-        tuner.fit()
-        return SweepOutcome(path, _counts(path), time.perf_counter() - start)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+    except BaseException:
+        _stop_ray(started)
+        raise
+    return _fit(tuner, path, started)
 
 
 def _hardware() -> dict[str, Any]:
@@ -419,11 +415,24 @@ def resume_sweep(path: str, *, retry_errored: bool = False, address: str | None 
         for cb in tuner._local_tuner._run_config.callbacks or []:
             if isinstance(cb, SweepProgress):
                 cb.attach(console=console, live=live)
+    except BaseException:
+        _stop_ray(started)
+        raise
+    return _fit(tuner, path, started)
+
+
+def _fit(tuner: Any, path: str, started: bool) -> SweepOutcome:
+    """Run the tuner to the end, then stop Ray if this sweep started it."""
+    try:
         start = time.perf_counter()
         tuner.fit()
         return SweepOutcome(path, _counts(path), time.perf_counter() - start)
     finally:
-        if started:
-            import ray
+        _stop_ray(started)
 
-            ray.shutdown()
+
+def _stop_ray(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
