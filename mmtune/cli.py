@@ -227,6 +227,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Decode a real dataset once into its cache (spectrograms, resized frames, token ids) so that every
+    later run and sweep trial reads arrays instead of media files."""
+    from mmtune.data import dataset_config
+    from mmtune.data.real import REAL_DATASETS, cache_path, prepare
+
+    console = _console(stderr=False)
+    data: dict[str, Any] = {"name": args.dataset, "root": args.root}
+    problems = []
+    for item in args.overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().removeprefix("dataset.")
+        if not sep or not key:
+            problems.append(Problem(item, "overrides are key=value dataset fields, e.g. spectrogram=code image_size=112."))
+            continue
+        data[key] = parse_value(raw)
+    if problems:
+        raise ConfigError(problems)
+    if args.dataset not in REAL_DATASETS:
+        known = ", ".join(sorted(REAL_DATASETS))
+        raise ConfigError(Problem("dataset", f"'{args.dataset}' is not a real dataset that needs preparing. Real datasets: {known}."))
+    cfg = dataset_config(data)
+    folder = cache_path(cfg)
+    if (folder / "meta.json").is_file() and not args.force:
+        console.print(f"{cfg.name}: already prepared in {folder} (use --force to rebuild)")
+        return 0
+    start = time.perf_counter()
+    folder = prepare(cfg, workers=args.workers, force=args.force, progress=console.print)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    console.print(f"{cfg.name}: {size / 2**20:.1f} MiB in {folder} ({time.perf_counter() - start:.1f} s). "
+                  f"Runs with the same dataset settings reuse it.")
+    return 0
+
+
 def _sweep_exit(outcome, console) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.counts.items())) or "no trials recorded"
     console.print(f"sweep folder: {outcome.path}  ({counts}; {outcome.wall_s:.1f} s)", soft_wrap=True)
@@ -301,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate = verbs.add_parser("validate", help="check a sweep spec, list every problem")
     validate.add_argument("spec", help="a YAML sweep spec (see search_spaces/)")
     validate.set_defaults(handler=cmd_validate)
+
+    prep = verbs.add_parser("prepare", help="decode a real dataset once into its cache", description=cmd_prepare.__doc__)
+    prep.add_argument("dataset", help="cremad | kinetics_sounds | ucf101 | mosi | mosei | twitter15 | …")
+    prep.add_argument("--root", required=True, help="the dataset folder, in its reference layout")
+    prep.add_argument("overrides", nargs="*", metavar="key=value", help="dataset settings, e.g. spectrogram=code")
+    prep.add_argument("--workers", type=int, help="decoding processes [all cores]")
+    prep.add_argument("--force", action="store_true", help="rebuild even if a cache for these settings exists")
+    prep.set_defaults(handler=cmd_prepare)
 
     from mmtune.sweep.spec import DEFAULT_STORAGE
 

@@ -9,6 +9,7 @@ import torch
 
 from mmtune.config import Record, from_dict
 from mmtune.data.base import Batch, MultimodalData, TensorSplit
+from mmtune.data.real import REAL_DATASETS, load_real
 from mmtune.data.synthetic import SyntheticConfig, make_synthetic
 from mmtune.errors import ConfigError, Problem, unknown_name_message
 
@@ -18,6 +19,8 @@ __all__ = ["Batch", "DATASETS", "MultimodalData", "TensorSplit", "build_dataset"
 DATASETS: dict[str, tuple[type[Record], Callable[[Any, torch.device], MultimodalData]]] = {
     "synthetic": (SyntheticConfig, make_synthetic),
 }
+# Real datasets: each module registers itself in REAL_DATASETS on import (listed here explicitly).
+DATASETS.update({name: (cls.Config, load_real) for name, cls in REAL_DATASETS.items()})
 
 
 def dataset_config(data: Mapping[str, Any] | None, *, path: str = "dataset") -> Record:

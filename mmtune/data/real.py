@@ -1,0 +1,600 @@
+"""Real datasets: the users' on-disk layout -> an index -> a prepared cache -> batches.
+
+A real dataset is three small pieces, written once per dataset in ``mmtune/data/<name>.py``:
+
+* a config record (a :class:`RealDataConfig` subclass): ``root`` plus the dataset's own knobs;
+* ``index(cfg) -> Index``: reads the reference repositories' layout *as it is* (list files, CSVs,
+  frame folders) and returns the samples of each split with the sources of every modality (file
+  paths, arrays), the class names and each modality's stored shape. It never decodes media; it
+  checks that expected folders exist (:meth:`Layout.require`) and that every referenced file is there
+  (:meth:`Layout.missing`);
+* ``decode(cfg, modality, source) -> np.ndarray``: one sample's one modality as the array to store
+  (a spectrogram, the frames of a clip, token ids, a feature sequence).
+
+Everything else is here, shared: a missing or corrupt file is named with the count of such files and
+the expected layout, or skipped with a warning under ``skip_missing``; a validation split is carved
+from train (seeded, stratified) when the dataset has none; and :func:`prepare` decodes every sample
+once, in parallel, into NumPy arrays (one ``.npy`` per split and modality, memory-mapped when read)
+under a cache folder keyed by a hash of every config field that changes the arrays. Training then
+reads that cache through a DataLoader (worker processes, pinned memory on CUDA): a sampler drawn
+from the trial's data generator decides the order *and* the random choices (which frames of a clip,
+flips), so a run is reproducible whatever the number of workers, and uint8 frames travel to the
+device as bytes and are normalised there.
+
+Frames are stored as a stack of up to ``K`` frames per clip (``Modality.shape == (K, C, H, W)``, the
+real count in ``<modality>.count.npy``); each batch uses ``Modality.frames`` of them: a sorted random
+subset in training, evenly spaced fixed positions in evaluation (CREMA-D: 1 of the 1-fps frames;
+Kinetics-Sounds: 3 of 10).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmtune.config import Record, hp, to_dict
+from mmtune.data.base import Batch, MultimodalData
+from mmtune.errors import ConfigError, Problem
+
+__all__ = [
+    "CacheSplit", "Index", "Layout", "Modality", "RealDataConfig", "RealDataset", "Sample",
+    "REAL_DATASETS", "cache_path", "load_real", "prepare", "register_dataset", "stratified_split",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+META_FILE = "meta.json"
+SPLITS = ("train", "val", "test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# How many missing/corrupt files an error message names before it says "and N more".
+SHOWN_FILES = 10
+
+
+@dataclass(frozen=True)
+class RealDataConfig(Record):
+    """Knobs every real dataset has. Subclasses add their own (and set ``name``'s default)."""
+
+    name: str = hp("", doc="dataset name")
+    root: str = hp("", doc="dataset root folder, in the layout the reference repositories use")
+    val_fraction: float = hp(0.1, low=0.0, high=1.0, high_open=True,
+                             doc="share of train carved out (seeded, stratified) as validation when the dataset has none")
+    split_seed: int = hp(0, low=0, doc="seed of every split mmtune draws (validation carve-out, missing test lists)")
+    skip_missing: bool = hp(False, doc="skip samples whose files are missing or corrupt (with a warning) instead of failing")
+    cache_dir: str = hp("", doc="where `mmtune prepare` puts decoded arrays (default: <root>/.mmtune_cache, "
+                                "or ~/.cache/mmtune when root is read-only)")
+    workers: int = hp(2, low=0, doc="DataLoader worker processes reading the cache (0: read in the training process)")
+    flip: bool = hp(True, doc="random horizontal flip of frames in training (the reference recipes' augmentation)")
+
+    # Fields that change how the cache is read, not what it holds: left out of the cache key.
+    runtime_fields: ClassVar[tuple[str, ...]] = ("cache_dir", "workers", "flip")
+
+    def extra_checks(self) -> list[Problem]:
+        if not self.root:
+            return [Problem("root", f"is required for dataset '{self.name}': set dataset.root=DIR (the folder "
+                                    "holding the dataset in its reference layout; see the README's Datasets section).")]
+        return []
+
+
+@dataclass(frozen=True)
+class Modality:
+    """How one modality is stored: per-sample ``shape`` and ``dtype`` in the cache.
+
+    ``frames > 0`` marks a frame stack ``(K, C, H, W)`` of which ``frames`` are sampled per item.
+    ``normalize = (mean, std)`` per channel: a uint8 modality is scaled to [0, 1] and normalised on
+    the device; other dtypes are cast to float32 unless ``dtype`` is an integer type (token ids).
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    frames: int = 0
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Per-sample shape the model sees."""
+        return (self.frames, *self.shape[1:]) if self.frames else self.shape
+
+
+@dataclass
+class Sample:
+    """One clip: a unique ``key`` (clip id), its class, and per modality what ``decode`` needs."""
+
+    key: str
+    label: int
+    sources: dict[str, Any]
+
+
+@dataclass
+class Index:
+    """What ``index(cfg)`` returns: samples per split (``val`` optional), class names, modalities."""
+
+    splits: dict[str, list[Sample]]
+    classes: list[str]
+    modalities: dict[str, Modality]
+    info: dict[str, Any] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # path of an absent file -> key of its sample
+
+
+class Layout:
+    """Checks a dataset root against its expected layout and collects every problem before raising.
+
+    ``require`` names a folder or file that must exist (a wrong root fails on the first call to
+    :meth:`check`, naming all of them); ``missing`` records a file a sample refers to that is not there.
+    """
+
+    def __init__(self, cfg: RealDataConfig, tree: str):
+        self.cfg = cfg
+        self.root = Path(cfg.root).expanduser()
+        self.tree = tree
+        self._absent: list[str] = []
+        self.missing_files: dict[str, str] = {}  # path -> sample key
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def require(self, *parts: str, kind: str = "folder") -> Path:
+        p = self.path(*parts)
+        ok = p.is_dir() if kind == "folder" else p.is_file()
+        if not ok:
+            self._absent.append(f"{kind} '{Path(*parts)}'")
+        return p
+
+    def exists(self, *parts: str) -> bool:
+        return self.path(*parts).exists()
+
+    def check(self) -> None:
+        """Raise naming every required entry that is absent (call after the ``require`` calls)."""
+        if not self.root.is_dir():
+            raise ConfigError(Problem("dataset.root", f"'{self.root}' is not a folder. Expected the "
+                                                      f"{self.cfg.name} layout:\n{self.tree}"))
+        if self._absent:
+            raise ConfigError(Problem(
+                "dataset.root",
+                f"'{self.root}' does not look like a {self.cfg.name} root: no {', no '.join(self._absent)}. "
+                f"Expected layout:\n{self.tree}",
+            ))
+
+    def missing(self, path: Path, key: str) -> None:
+        self.missing_files[str(path)] = key
+
+
+def bad_files_problem(cfg: RealDataConfig, bad: Mapping[str, str], what: str, tree: str) -> Problem:
+    shown = list(bad.items())[:SHOWN_FILES]
+    more = f"\n    ... and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
+    listing = "\n".join(f"    {path}  ({why})" for path, why in shown)
+    return Problem(
+        "dataset.root",
+        f"{len(bad)} {what} file(s) under '{cfg.root}':\n{listing}{more}\n"
+        f"  Fix the files, or set dataset.skip_missing=true to skip those samples. Expected layout:\n{tree}",
+    )
+
+
+def drop_samples(samples: list[Sample], bad_keys: set[str]) -> list[Sample]:
+    return [s for s in samples if s.key not in bad_keys]
+
+
+def stratified_split(labels: Iterable[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split positions into (kept, held out): ``fraction`` of every class held out, seeded.
+
+    Each class with n >= 2 samples gives round(fraction · n) of them (at least 1, at most n − 1).
+    """
+    labels = list(labels)
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    held: list[int] = []
+    for y in sorted(by_class):
+        members = by_class[y]
+        if len(members) < 2 or fraction <= 0:
+            continue
+        take = min(max(round(fraction * len(members)), 1), len(members) - 1)
+        held.extend(members[j] for j in rng.permutation(len(members))[:take])
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+class RealDataset:
+    """One real dataset: its config, layout (for messages) and the two functions described above."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[RealDataConfig]]
+    layout: ClassVar[str]  # the expected tree, shown in every error and in the README
+
+    @classmethod
+    def index(cls, cfg: Any) -> Index:
+        raise NotImplementedError
+
+    @classmethod
+    def decode(cls, cfg: Any, modality: str, source: Any) -> np.ndarray:
+        raise NotImplementedError
+
+
+REAL_DATASETS: dict[str, type[RealDataset]] = {}
+
+
+def register_dataset(cls: type[RealDataset]) -> type[RealDataset]:
+    if cls.name in REAL_DATASETS:
+        raise ValueError(f"dataset '{cls.name}' is registered twice")
+    REAL_DATASETS[cls.name] = cls
+    return cls
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def cache_key(cfg: RealDataConfig) -> str:
+    content = {k: v for k, v in to_dict(cfg).items() if k not in cfg.runtime_fields}
+    content["root"] = str(Path(cfg.root).expanduser().resolve())
+    blob = json.dumps({"format": CACHE_FORMAT, **content}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_path(cfg: RealDataConfig) -> Path:
+    """``<cache_dir>/<name>-<key>``: one folder per distinct decoded content."""
+    if cfg.cache_dir:
+        base = Path(cfg.cache_dir).expanduser()
+    else:
+        base = Path(cfg.root).expanduser() / ".mmtune_cache"
+        if not _writable(base):
+            base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmtune"
+    return base / f"{cfg.name}-{cache_key(cfg)}"
+
+
+def _writable(folder: Path) -> bool:
+    probe = folder if folder.exists() else folder.parent
+    return probe.is_dir() and os.access(probe, os.W_OK)
+
+
+def _resolve_splits(cfg: RealDataConfig, index: Index) -> tuple[dict[str, list[Sample]], dict[str, str]]:
+    """train / val / test, carving val out of train (seeded, stratified) when the dataset has none."""
+    splits = dict(index.splits)
+    source = {s: "given" for s in splits}
+    missing = [s for s in ("train", "test") if not splits.get(s)]
+    if missing:
+        raise ConfigError(Problem("dataset.root", f"the {cfg.name} index has no samples in split(s) {missing} "
+                                                  f"under '{cfg.root}'. Expected layout:\n{REAL_DATASETS[cfg.name].layout}"))
+    if not splits.get("val"):
+        if cfg.val_fraction <= 0:
+            raise ConfigError(Problem("dataset.val_fraction", f"is 0 but {cfg.name} has no validation split; model "
+                                                              "selection needs one: set it > 0 (default 0.1)."))
+        train = splits["train"]
+        keep, held = stratified_split([s.label for s in train], cfg.val_fraction, cfg.split_seed)
+        splits["train"], splits["val"] = [train[i] for i in keep], [train[i] for i in held]
+        source["val"] = f"carved from train (val_fraction={cfg.val_fraction}, split_seed={cfg.split_seed}, stratified)"
+    return {s: splits[s] for s in SPLITS}, source
+
+
+def _decode_sample(name: str, cfg: RealDataConfig, sample: Sample, modalities: list[str]) -> dict[str, Any]:
+    """Decode one sample (runs in a worker process): arrays per modality, or the error per file."""
+    dataset = REAL_DATASETS[name]
+    out: dict[str, Any] = {}
+    for m in modalities:
+        try:
+            out[m] = dataset.decode(cfg, m, sample.sources[m])
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file, reported with its path
+            path = getattr(err, "path", None) or getattr(err, "filename", None) or f"{sample.key} ({m})"
+            out[m] = BadFile(str(path), f"{type(err).__name__}: {getattr(err, 'reason', None) or err}")
+    return out
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: str
+    reason: str
+
+
+def _fit(array: np.ndarray, modality: Modality, key: str, name: str) -> tuple[np.ndarray, int]:
+    """Check a decoded array against the stored shape; frame stacks may hold 1..K frames."""
+    if modality.frames:
+        k = modality.shape[0]
+        if array.ndim != len(modality.shape) or tuple(array.shape[1:]) != modality.shape[1:] or len(array) == 0:
+            raise ValueError(f"{name}: decoded frames of '{key}' have shape {array.shape}, expected (1..{k}, "
+                             f"{', '.join(map(str, modality.shape[1:]))})")
+        count = min(len(array), k)
+        if len(array) > k:  # keep K evenly spaced frames
+            array = array[np.linspace(0, len(array) - 1, k).round().astype(int)]
+        return array, count
+    if tuple(array.shape) != modality.shape:
+        raise ValueError(f"{name}: decoded '{key}' has shape {array.shape}, expected {modality.shape}")
+    return array, 1
+
+
+def prepare(cfg: RealDataConfig, *, workers: int | None = None, force: bool = False,
+            progress: Callable[[str], None] | None = None) -> Path:
+    """Decode every sample once into the cache folder (idempotent; concurrent callers wait for one).
+
+    Returns the cache folder. The folder appears atomically (built under a temporary name, renamed),
+    so an interrupted prepare leaves nothing a later run could mistake for a cache.
+    """
+    target = cache_path(cfg)
+    if not force and (target / META_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second trial preparing the same cache waits for the first
+        if not force and (target / META_FILE).is_file():
+            return target
+        _build_cache(cfg, target, workers=workers or os.cpu_count() or 1, progress=progress or log.info)
+    return target
+
+
+def _build_cache(cfg: RealDataConfig, target: Path, *, workers: int, progress: Callable[[str], None]) -> None:
+    dataset = REAL_DATASETS[cfg.name]
+    start = time.perf_counter()
+    index = dataset.index(cfg)
+    if index.missing and not cfg.skip_missing:  # fail before spending time on decoding
+        raise ConfigError(bad_files_problem(cfg, {p: "missing" for p in index.missing}, "missing", dataset.layout))
+    gone = set(index.missing.values())
+    index.splits = {s: drop_samples(v, gone) for s, v in index.splits.items()}
+    splits, split_source = _resolve_splits(cfg, index)
+    modalities = list(index.modalities)
+    bad: dict[str, str] = {path: "missing" for path in index.missing}
+    skipped: list[str] = sorted(gone)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts: dict[str, int] = {}
+    total = sum(len(v) for v in splits.values())
+    progress(f"preparing {cfg.name} ({total} samples, {workers} processes) into {target}")
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        for split, samples in splits.items():
+            folder = tmp / split
+            folder.mkdir(parents=True)
+            decoded = _decode_all(cfg, samples, modalities, pool)
+            good = [i for i, d in enumerate(decoded) if not any(isinstance(v, BadFile) for v in d.values())]
+            for i, d in enumerate(decoded):
+                for v in d.values():
+                    if isinstance(v, BadFile):
+                        bad[v.path] = v.reason
+                        skipped.append(samples[i].key)
+            _write_split(folder, [samples[i] for i in good], [decoded[i] for i in good], index.modalities, cfg.name)
+            counts[split] = len(good)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    if bad and not cfg.skip_missing:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(bad_files_problem(cfg, bad, "unreadable", dataset.layout))
+    if bad:
+        log.warning("%s: skipped %d sample(s) with missing or unreadable files (dataset.skip_missing=true), e.g. %s",
+                    cfg.name, len(set(skipped)), next(iter(bad)))
+    empty = [s for s, n in counts.items() if n == 0]
+    if empty:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(Problem("dataset.root", f"{cfg.name}: no readable samples left in split(s) {empty}."))
+    meta = {
+        "format": CACHE_FORMAT,
+        "dataset": cfg.name,
+        "config": to_dict(cfg),
+        "classes": index.classes,
+        "modalities": {m: {"shape": list(s.shape), "dtype": s.dtype, "frames": s.frames,
+                           "normalize": [list(v) for v in s.normalize] if s.normalize else None}
+                       for m, s in index.modalities.items()},
+        "splits": {s: {"n": counts[s], "source": split_source[s]} for s in SPLITS},
+        "skipped": sorted(set(skipped)),
+        "info": index.info,
+        "prepare_s": round(time.perf_counter() - start, 3),
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+    if target.exists():  # a forced rebuild replaces the old cache
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    progress(f"prepared {cfg.name}: " + ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+             + f" samples in {meta['prepare_s']:.1f} s -> {target}")
+
+
+def _decode_all(cfg: RealDataConfig, samples: list[Sample], modalities: list[str],
+                pool: ProcessPoolExecutor | None) -> list[dict[str, Any]]:
+    if pool is None:
+        return [_decode_sample(cfg.name, cfg, s, modalities) for s in samples]
+    chunk = max(1, len(samples) // (pool._max_workers * 8))
+    return list(pool.map(_decode_sample, [cfg.name] * len(samples), [cfg] * len(samples), samples,
+                         [modalities] * len(samples), chunksize=chunk))
+
+
+def _write_split(folder: Path, samples: list[Sample], decoded: list[dict[str, Any]],
+                 modalities: Mapping[str, Modality], name: str) -> None:
+    n = len(samples)
+    np.save(folder / "labels.npy", np.asarray([s.label for s in samples], dtype=np.int64))
+    (folder / "keys.txt").write_text("".join(f"{s.key}\n" for s in samples))
+    for m, spec in modalities.items():
+        out = np.lib.format.open_memmap(folder / f"{m}.npy", mode="w+", dtype=np.dtype(spec.dtype), shape=(n, *spec.shape))
+        count = np.ones(n, dtype=np.int64)
+        for i, (sample, d) in enumerate(zip(samples, decoded, strict=True)):
+            array, count[i] = _fit(np.asarray(d[m]), spec, sample.key, name)
+            if spec.frames:
+                out[i, : len(array)] = array
+                out[i, len(array):] = array[-1]  # pad with the last frame (never sampled: count says how many are real)
+            else:
+                out[i] = array
+        out.flush()
+        del out
+        if spec.frames:
+            np.save(folder / f"{m}.count.npy", count)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class _Reader(torch.utils.data.Dataset):
+    """Reads batches from the memory-mapped cache; one item = one batch (opened lazily per process)."""
+
+    def __init__(self, folder: Path, modalities: Mapping[str, Modality]):
+        self.folder = folder
+        self.modalities = dict(modalities)
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def array(self, split: str, name: str) -> np.ndarray:
+        key = (split, name)
+        if key not in self._arrays:
+            self._arrays[key] = np.load(self.folder / split / f"{name}.npy", mmap_mode="r")
+        return self._arrays[key]
+
+    def __len__(self) -> int:  # the sampler decides what is read
+        return 0
+
+    def __getitem__(self, item: tuple[str, np.ndarray, dict[str, np.ndarray], np.ndarray | None]) -> dict[str, Tensor]:
+        split, idx, frames, flip = item
+        order = np.argsort(idx, kind="stable")  # read the memmap in file order, then restore the batch order
+        sorted_idx = idx[order]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        out: dict[str, Tensor] = {"labels": torch.from_numpy(np.ascontiguousarray(self.array(split, "labels")[idx]))}
+        for m in frames:
+            spec = self.modalities[m]
+            rows = self.array(split, m)[sorted_idx][inverse]
+            if spec.frames:
+                rows = rows[np.arange(len(idx))[:, None], frames[m]]
+                if flip is not None:
+                    rows[flip] = rows[flip][..., ::-1]
+            out[m] = torch.from_numpy(np.ascontiguousarray(rows))
+        return out
+
+
+class _Plan:
+    """The sampler: a list of batch descriptions, replaced before every pass over a split."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class _Loader:
+    """One DataLoader (and worker pool) per trial, shared by its three splits."""
+
+    def __init__(self, reader: _Reader, workers: int, device: torch.device):
+        self.reader, self.workers, self.device = reader, workers, device
+        self.plan = _Plan()
+        self._loader: torch.utils.data.DataLoader | None = None
+
+    def run(self, items: list[Any]) -> Iterator[dict[str, Tensor]]:
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self.reader, batch_size=None, sampler=self.plan, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
+                prefetch_factor=4 if self.workers else None,
+            )
+        self.plan.items = items
+        yield from self._loader
+
+
+class CacheSplit:
+    """A split read from the prepared cache; same interface as :class:`TensorSplit` for the loop."""
+
+    def __init__(self, split: str, loader: _Loader, labels: np.ndarray, counts: dict[str, np.ndarray],
+                 modalities: dict[str, Modality], flip: bool):
+        self.name, self.loader, self.labels_np = split, loader, labels
+        self.counts, self.modalities, self.flip = counts, modalities, flip
+        self._norm: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels_np)
+
+    @property
+    def device(self) -> torch.device:
+        return self.loader.device
+
+    def select(self, modalities: list[str]) -> CacheSplit:
+        return CacheSplit(self.name, self.loader, self.labels_np, {m: c for m, c in self.counts.items() if m in modalities},
+                          {m: self.modalities[m] for m in modalities}, self.flip)
+
+    def to(self, device: torch.device | str) -> CacheSplit:
+        self.loader.device = torch.device(device)
+        self._norm.clear()
+        return self
+
+    def batches(self, batch_size: int, *, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Shuffled batches with random frames and flips drawn from ``generator`` (training), or in
+        order with fixed frames (evaluation). All randomness is drawn here, on the CPU, in order."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        items = [self._describe(idx.numpy(), generator) for idx in order.split(batch_size)]
+        for raw in self.loader.run(items):
+            labels = raw.pop("labels").to(self.device, non_blocking=True)
+            yield Batch({m: self._to_model(m, x) for m, x in raw.items()}, labels)
+
+    def _describe(self, idx: np.ndarray, generator: torch.Generator | None) -> tuple:
+        frames: dict[str, np.ndarray | None] = {}
+        flip = None
+        for m, spec in self.modalities.items():
+            if not spec.frames:
+                frames[m] = None
+                continue
+            count = torch.from_numpy(self.counts[m][idx])
+            frames[m] = _frame_choice(count, spec.shape[0], spec.frames, generator).numpy()
+            if generator is not None and self.flip and flip is None:
+                flip = (torch.rand(len(idx), generator=generator) < 0.5).numpy()
+        return self.name, idx, frames, flip
+
+    def _to_model(self, m: str, x: Tensor) -> Tensor:
+        spec = self.modalities[m]
+        x = x.to(self.device, non_blocking=True)
+        if spec.dtype == "uint8":
+            if m not in self._norm:
+                mean, std = spec.normalize or ((0.0,), (1.0,))
+                shape = (-1, 1, 1)
+                self._norm[m] = (torch.tensor(mean, device=self.device).view(shape) * 255.0,
+                                 torch.tensor(std, device=self.device).view(shape) * 255.0)
+            mean, std = self._norm[m]
+            return (x.float() - mean) / std
+        if x.dtype in (torch.float16, torch.float64):
+            return x.float()
+        return x
+
+
+def _frame_choice(count: Tensor, k_max: int, k: int, generator: torch.Generator | None) -> Tensor:
+    """(B, k) frame positions: a sorted random subset of each clip's ``count`` frames (training) or k
+    evenly spaced positions (evaluation); clips with fewer than k frames repeat frames."""
+    b = len(count)
+    if generator is None:
+        pos = ((torch.arange(k, dtype=torch.float64) + 0.5) / k).unsqueeze(0) * count.unsqueeze(1)
+        return pos.long().clamp_max(count.unsqueeze(1) - 1)
+    keys = torch.rand(b, k_max, generator=generator)
+    keys.masked_fill_(torch.arange(k_max).unsqueeze(0) >= count.unsqueeze(1), 2.0)
+    chosen = keys.argsort(1)[:, :k].sort(1).values
+    return torch.where(chosen < count.unsqueeze(1), chosen, chosen % count.unsqueeze(1))
+
+
+def load_real(cfg: RealDataConfig, device: torch.device) -> MultimodalData:
+    """Prepare the cache if needed (once), then return splits that read it."""
+    folder = prepare(cfg)
+    meta = json.loads((folder / META_FILE).read_text())
+    modalities = {
+        m: Modality(tuple(s["shape"]), s["dtype"], s["frames"],
+                    tuple(tuple(v) for v in s["normalize"]) if s["normalize"] else None)
+        for m, s in meta["modalities"].items()
+    }
+    loader = _Loader(_Reader(folder, modalities), cfg.workers, device)
+
+    def split(name: str) -> CacheSplit:
+        labels = np.load(folder / name / "labels.npy")
+        counts = {m: np.load(folder / name / f"{m}.count.npy") for m, s in modalities.items() if s.frames}
+        return CacheSplit(name, loader, labels, counts, modalities, cfg.flip)
+
+    info = {"cache": str(folder), "classes": meta["classes"], "splits": meta["splits"], "skipped": len(meta["skipped"])}
+    return MultimodalData(
+        split("train"), split("val"), split("test"), list(modalities), len(meta["classes"]),
+        {m: s.item_shape for m, s in modalities.items()}, info,
+    )
