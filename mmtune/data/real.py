@@ -289,7 +289,9 @@ def _decode_sample(name: str, cfg: RealDataConfig, sample: Sample, modalities: l
         try:
             out[m] = dataset.decode(cfg, m, sample.sources[m])
         except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file, reported with its path
-            path = getattr(err, "path", None) or getattr(err, "filename", None) or f"{sample.key} ({m})"
+            source = sample.sources[m]
+            path = (getattr(err, "path", None) or getattr(err, "filename", None)
+                    or (source if isinstance(source, (str, os.PathLike)) else f"sample '{sample.key}' ({m})"))
             out[m] = BadFile(str(path), f"{type(err).__name__}: {getattr(err, 'reason', None) or err}")
     return out
 

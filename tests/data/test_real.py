@@ -1,0 +1,222 @@
+"""The real-dataset core on a toy dataset in its own on-disk layout: index -> cache -> batches."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmtune.cli import main
+from mmtune.config import hp
+from mmtune.data import DATASETS, build_dataset, dataset_config
+from mmtune.data.real import (
+    IMAGENET_MEAN, IMAGENET_STD, REAL_DATASETS, Index, Layout, Modality, RealDataConfig, RealDataset, Sample,
+    cache_path, load_real, prepare, stratified_split,
+)
+from mmtune.engine.trial import Trial, parse_trial_config
+from mmtune.errors import ConfigError
+
+FRAMES = 4  # stored frames per clip (K); 2 are sampled per item
+
+
+@dataclass(frozen=True)
+class ToyConfig(RealDataConfig):
+    name: str = hp("toy", doc="dataset name")
+    size: int = hp(8, low=2, doc="spatial size")
+
+
+class Toy(RealDataset):
+    """root/spec/<key>.npy (1, S, S) float32 and root/frames/<key>/<j>.npy (3, S, S) uint8, label = key's last digit."""
+
+    name = "toy"
+    Config = ToyConfig
+    layout = "<root>/\n  spec/<key>.npy\n  frames/<key>/<j>.npy\n  test.txt (keys of the test split)"
+
+    @classmethod
+    def index(cls, cfg: ToyConfig) -> Index:
+        layout = Layout(cfg, cls.layout)
+        layout.require("spec")
+        layout.require("frames")
+        layout.require("test.txt", kind="file")
+        layout.check()
+        test_keys = set(layout.path("test.txt").read_text().split())
+        splits: dict[str, list[Sample]] = {"train": [], "test": []}
+        for f in sorted(layout.path("spec").glob("*.npy")):
+            key = f.stem
+            frames = layout.path("frames", key)
+            if not frames.is_dir():
+                layout.missing(frames, key)
+            splits["test" if key in test_keys else "train"].append(Sample(key, int(key[-1]), {"audio": f, "video": frames}))
+        modalities = {
+            "audio": Modality((1, cfg.size, cfg.size), "float16"),
+            "video": Modality((FRAMES, 3, cfg.size, cfg.size), "uint8", frames=2, normalize=(IMAGENET_MEAN, IMAGENET_STD)),
+        }
+        return Index(splits, ["c0", "c1", "c2"], modalities, missing=layout.missing_files)
+
+    @classmethod
+    def decode(cls, cfg: ToyConfig, modality: str, source: Path) -> np.ndarray:
+        if modality == "audio":
+            return np.load(source)
+        return np.stack([np.load(p) for p in sorted(source.glob("*.npy"))])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_registered():
+    REAL_DATASETS["toy"] = Toy
+    DATASETS["toy"] = (ToyConfig, load_real)
+    yield
+    REAL_DATASETS.pop("toy")
+    DATASETS.pop("toy")
+
+
+def write_toy(root: Path, n: int = 40, size: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "spec").mkdir(parents=True)
+    keys = [f"clip{i:03d}_{i % 3}" for i in range(n)]
+    for i, key in enumerate(keys):
+        np.save(root / "spec" / f"{key}.npy", rng.normal(size=(1, size, size)).astype(np.float32))
+        (root / "frames" / key).mkdir(parents=True)
+        for j in range(1 + i % 5):  # 1..5 frames: more than K for some clips
+            np.save(root / "frames" / key / f"{j}.npy", np.full((3, size, size), 10 * j + i % 7, dtype=np.uint8))
+    (root / "test.txt").write_text("\n".join(keys[-n // 4:]))
+    return root
+
+
+def toy_config(root: Path, **extra) -> RealDataConfig:
+    return dataset_config({"name": "toy", "root": str(root), "workers": 0, **extra})
+
+
+def test_stratified_split_is_seeded_and_per_class():
+    labels = [0] * 20 + [1] * 10 + [2] * 1
+    keep, held = stratified_split(labels, 0.2, seed=3)
+    assert sorted(keep + held) == list(range(31))
+    assert [labels[i] for i in held].count(0) == 4 and [labels[i] for i in held].count(1) == 2
+    assert 30 in keep  # a singleton class is never held out
+    assert stratified_split(labels, 0.2, seed=3) == (keep, held)
+    assert stratified_split(labels, 0.2, seed=4)[1] != held
+
+
+def test_cache_shapes_splits_and_val_carve_out(tmp_path):
+    cfg = toy_config(write_toy(tmp_path / "toy"))
+    data = build_dataset(cfg, "cpu")
+    assert data.modalities == ["audio", "video"] and data.num_classes == 3
+    assert data.input_shapes == {"audio": (1, 8, 8), "video": (2, 3, 8, 8)}
+    assert (len(data.train), len(data.val), len(data.test)) == (27, 3, 10)
+    assert "carved from train" in data.info["splits"]["val"]["source"]
+    folder = Path(data.info["cache"])
+    keys = {s: (folder / s / "keys.txt").read_text().split() for s in ("train", "val", "test")}
+    assert not set(keys["train"]) & set(keys["val"]) and not set(keys["val"]) & set(keys["test"])
+    assert json.loads((folder / "meta.json").read_text())["splits"]["test"]["n"] == 10
+    counts = np.load(folder / "train" / "video.count.npy")
+    assert counts.min() == 1 and counts.max() == FRAMES  # clips with 5 frames keep K = 4
+
+
+def test_batches_normalise_frames_on_device_and_sample_real_frames(tmp_path):
+    data = build_dataset(toy_config(write_toy(tmp_path / "toy")), "cpu")
+    folder = Path(data.info["cache"])
+    raw = np.load(folder / "train" / "video.npy")
+    counts = np.load(folder / "train" / "video.count.npy")
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    seen = 0
+    for batch in data.train.batches(8, generator=torch.Generator().manual_seed(0)):
+        video = batch.inputs["video"]
+        assert video.dtype == torch.float32 and batch.inputs["audio"].dtype == torch.float32
+        pixel = (video[:, :, :, 0, 0] * std.view(1, 1, 3) + mean.view(1, 1, 3)) * 255  # (B, 2, 3)
+        stored = {int(round(v)) for v in pixel[:, :, 0].flatten().tolist()}
+        real = {int(raw[i, j, 0, 0, 0]) for i in range(len(raw)) for j in range(counts[i])}
+        assert stored <= real  # only real frames are sampled, never the padding of short clips
+        seen += len(batch)
+    assert seen == 27
+
+
+def test_same_seed_same_batches_whatever_the_worker_count(tmp_path):
+    root = write_toy(tmp_path / "toy")
+
+    def first_batches(workers):
+        data = build_dataset(toy_config(root, workers=workers), "cpu")
+        out = [b for _, b in zip(range(3), data.train.batches(5, generator=torch.Generator().manual_seed(7)))]
+        return [(b.labels, b.inputs["video"], b.inputs["audio"]) for b in out]
+
+    for a, b in zip(first_batches(0), first_batches(2), strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+
+
+def test_evaluation_frames_are_fixed(tmp_path):
+    data = build_dataset(toy_config(write_toy(tmp_path / "toy")), "cpu")
+    a = torch.cat([b.inputs["video"] for b in data.test.batches(4)])
+    b = torch.cat([b.inputs["video"] for b in data.test.batches(3)])
+    assert torch.equal(a, b)
+
+
+def test_prepared_cache_is_reused_and_keyed_by_content_settings(tmp_path):
+    root = write_toy(tmp_path / "toy")
+    cfg = toy_config(root)
+    folder = prepare(cfg)
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    assert prepare(toy_config(root, workers=3, flip=False)) == folder  # runtime knobs share the cache
+    assert (folder / "meta.json").stat().st_mtime_ns == stamp
+    assert cache_path(toy_config(root, size=4)) != folder  # a content knob does not
+    assert cache_path(toy_config(root, val_fraction=0.2)) != folder
+
+
+def test_wrong_root_names_every_expected_entry(tmp_path):
+    (tmp_path / "spec").mkdir()
+    with pytest.raises(ConfigError) as err:
+        build_dataset(toy_config(tmp_path), "cpu")
+    assert "no folder 'frames', no file 'test.txt'" in str(err.value) and "Expected layout" in str(err.value)
+    with pytest.raises(ConfigError, match="is not a folder"):
+        build_dataset(toy_config(tmp_path / "nowhere"), "cpu")
+
+
+def test_root_is_required():
+    with pytest.raises(ConfigError, match="dataset.root"):
+        dataset_config({"name": "toy"})
+
+
+def test_missing_files_are_counted_and_named_or_skipped(tmp_path):
+    root = write_toy(tmp_path / "toy")
+    for key in ("clip001_1", "clip002_2"):
+        for f in (root / "frames" / key).iterdir():
+            f.unlink()
+        (root / "frames" / key).rmdir()
+    with pytest.raises(ConfigError) as err:
+        build_dataset(toy_config(root), "cpu")
+    text = str(err.value)
+    assert "2 missing file(s)" in text and "clip001_1" in text and "skip_missing=true" in text
+    assert not any(cache_path(toy_config(root)).parent.glob("toy-*"))  # nothing half-written
+    data = build_dataset(toy_config(root, skip_missing=True), "cpu")
+    assert len(data.train) + len(data.val) + len(data.test) == 38
+
+
+def test_corrupt_files_are_found_while_preparing(tmp_path):
+    root = write_toy(tmp_path / "toy")
+    (root / "spec" / "clip005_2.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(ConfigError) as err:
+        build_dataset(toy_config(root, workers=0), "cpu")
+    assert "1 unreadable file(s)" in str(err.value) and "clip005_2.npy" in str(err.value)
+    data = build_dataset(toy_config(root, skip_missing=True), "cpu")
+    assert len(data.train) + len(data.val) + len(data.test) == 39
+
+
+def test_one_epoch_trains_from_the_cache(tmp_path):
+    root = write_toy(tmp_path / "toy")
+    spec = parse_trial_config({"method": "joint", "dataset": {"name": "toy", "root": str(root), "workers": 1},
+                               "model": {"backbone": "cnn"}, "train": {"epochs": 1, "batch_size": 8}})
+    metrics = Trial(spec).step()
+    assert np.isfinite(metrics["train_loss"]) and 0.0 <= metrics["val_acc"] <= 1.0
+
+
+def test_prepare_cli(tmp_path, capsys):
+    root = write_toy(tmp_path / "toy")
+    assert main(["prepare", "toy", "--root", str(root), "size=8", "--workers", "2"]) == 0
+    assert "MiB in" in capsys.readouterr().out
+    assert main(["prepare", "toy", "--root", str(root)]) == 0
+    assert "already prepared" in capsys.readouterr().out
+    assert main(["prepare", "synthetic", "--root", str(root)]) == 2
+    assert "not a real dataset" in capsys.readouterr().err
