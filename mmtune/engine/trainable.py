@@ -10,6 +10,7 @@ for each (DESIGN §5).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, ClassVar
 
 import torch
@@ -24,21 +25,34 @@ CHECKPOINT_FILE = "trial.pt"
 
 
 class BalancedTrainable(tune.Trainable):
+    """Checkpoints are time-based: ``step`` asks Tune for one (``should_checkpoint``) after the first
+    epoch that ends ``checkpoint_every_s`` after the last one (0: every epoch); the sweep also
+    checkpoints at each trial's end. Each checkpoint makes Tune snapshot the experiment, which per
+    short epoch would cost more than the epoch itself."""
+
     method: ClassVar[type[BalancingMethod] | None] = None
+    checkpoint_every_s: float = 0.0
 
     def _build(self, config: dict[str, Any]) -> None:
         name = self.method.name if self.method is not None else None
         if name is not None and config.get("method", name) != name:
             raise ValueError(f"{type(self).__name__} runs method '{name}', but the config asks for '{config['method']}'")
         self.trial = Trial(parse_trial_config(config, method=name))
+        self._last_checkpoint = time.monotonic()
 
-    def setup(self, config: dict[str, Any]) -> None:
+    def setup(self, config: dict[str, Any], checkpoint_every_s: float | None = None) -> None:
+        if checkpoint_every_s is not None:  # given by the sweep through tune.with_parameters
+            self.checkpoint_every_s = checkpoint_every_s
         self._build(config)
 
     def step(self) -> dict[str, float]:
-        metrics = self.trial.step()
+        metrics: dict[str, Any] = self.trial.step()
         if self.trial.epoch >= self.trial.spec.train.epochs:
             metrics["done"] = True
+        now = time.monotonic()
+        if now - self._last_checkpoint >= self.checkpoint_every_s:
+            metrics["should_checkpoint"] = True
+            self._last_checkpoint = now
         return metrics
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:

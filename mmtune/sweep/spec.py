@@ -23,6 +23,8 @@ Format (every key but ``name`` and ``method`` optional)::
     resources: {cpu: 1, gpu: 0.25}          # per trial; fractional GPUs pack trials on one GPU
     max_concurrent: 4                       # optional cap on trials running at once
     max_failures: 2                         # retries of a failed trial, from its last checkpoint
+    checkpoint_every_s: 60                  # a trial checkpoints after the first epoch that ends this long
+                                            # after its last checkpoint (0: every epoch), and at its end
 
 Domains may stand at any leaf of ``dataset``, ``model``, ``train`` and ``params`` (and inside a method
 entry's ``params``). Grid sweeps take only ``grid`` domains and run every combination × every seed
@@ -52,7 +54,7 @@ __all__ = ["Domain", "MethodEntry", "SweepSpec", "load_spec", "parse_spec", "exp
 
 TOP_KEYS = (
     "name", "description", "method", "dataset", "model", "train", "params", "seeds", "search",
-    "scheduler", "resources", "max_concurrent", "max_failures",
+    "scheduler", "resources", "max_concurrent", "max_failures", "checkpoint_every_s",
 )
 CONFIG_SECTIONS = ("dataset", "model", "train", "params")
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "int")
@@ -116,6 +118,7 @@ class SweepSpec:
     gpu: float = 0.0
     max_concurrent: int | None = None
     max_failures: int = 1
+    checkpoint_every_s: float = 60.0
     description: str = ""
     source: dict[str, Any] = field(default_factory=dict, compare=False)  # the YAML as read
 
@@ -240,6 +243,9 @@ def parse_spec(data: Any) -> SweepSpec:
         _check_int(max_concurrent, "max_concurrent", 1, problems)
     max_failures = data.get("max_failures", 1)
     _check_int(max_failures, "max_failures", 0, problems)
+    checkpoint_every_s = data.get("checkpoint_every_s", 60.0)
+    if isinstance(checkpoint_every_s, bool) or not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
+        problems.append(Problem("checkpoint_every_s", f"must be a number of seconds >= 0 (0: every epoch), got {checkpoint_every_s!r}."))
     description = data.get("description", "")
     if not isinstance(description, str):
         problems.append(Problem("description", f"must be text, got {type(description).__name__}."))
@@ -256,6 +262,7 @@ def parse_spec(data: Any) -> SweepSpec:
         name=name, methods=tuple(methods), sections=sections, seeds=tuple(seeds), algorithm=algorithm,
         num_samples=int(num_samples), metric=metric, mode=mode, search_seed=int(search_seed), asha=asha,
         cpu=float(cpu), gpu=float(gpu), max_concurrent=max_concurrent, max_failures=int(max_failures),
+        checkpoint_every_s=float(checkpoint_every_s) if isinstance(checkpoint_every_s, (int, float)) else 60.0,
         description=description, source=copy.deepcopy(dict(data)),
     )
 

@@ -17,7 +17,12 @@ Design:
   the sweep's metric and mode.
 * One actor per concurrent trial is reused across trials (``reuse_actors``; the Trainable's
   ``reset_config`` rebuilds in place), Ray is started once per sweep, its console output is quieted,
-  failed trials are retried ``max_failures`` times from their last checkpoint (one per epoch, 2 kept).
+  failed trials are retried ``max_failures`` times from their last checkpoint (2 kept; a trial
+  checkpoints every ``checkpoint_every_s`` seconds and at its end, see ``BalancedTrainable``).
+* Concurrency: without ``max_concurrent`` the cap is the number of trials the cluster fits at once
+  (CPUs / ``resources.cpu``, GPUs / ``resources.gpu``). Uncapped, Tune keeps a pending trial for a
+  custom searcher, starts a fresh actor for it and kills that actor when a running one frees up, so
+  short trials ran nearly one at a time (BENCHMARKS.md, sweep efficiency).
 * Results: :class:`mmtune.store.writer.ResultsWriter` (Parquet tables under the sweep folder) and
   :class:`mmtune.sweep.progress.SweepProgress` (rich live view, plain lines off a terminal).
 
@@ -284,6 +289,29 @@ def _scheduler(spec: SweepSpec):
                                    grace_period=spec.asha["grace_period"], reduction_factor=spec.asha["reduction_factor"])
 
 
+def _trainable(spec: SweepSpec, trainable: Any = None) -> Any:
+    from ray import tune
+
+    from mmtune.engine.trainable import BalancedTrainable
+
+    trainable = trainable or BalancedTrainable  # the method comes from each trial's config
+    wrapped = tune.with_parameters(trainable, checkpoint_every_s=spec.checkpoint_every_s)
+    return tune.with_resources(wrapped, {"cpu": spec.cpu, "gpu": spec.gpu})
+
+
+def fitting_trials(spec: SweepSpec) -> int:
+    """How many trials of ``spec`` the Ray cluster runs at once (its CPUs and GPUs over a trial's)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    fits = []
+    if spec.cpu > 0:
+        fits.append(int(resources.get("CPU", 0) // spec.cpu))
+    if spec.gpu > 0:
+        fits.append(int(resources.get("GPU", 0) // spec.gpu))
+    return max(1, min(fits)) if fits else max(1, int(resources.get("CPU", 1)))
+
+
 def _callbacks(spec: SweepSpec, storage: str, name: str, console: Any, live: bool | None) -> list:
     from mmtune.store.writer import ResultsWriter
     from mmtune.sweep.progress import SweepProgress
@@ -316,22 +344,20 @@ def build_tuner(spec: SweepSpec, *, storage: str, name: str, max_concurrent: int
     the default :class:`BalancedTrainable` (tests inject failures this way)."""
     from ray import tune
 
-    from mmtune.engine.trainable import BalancedTrainable
-
     searcher = _searcher(spec)
-    trainable = trainable or BalancedTrainable  # the method comes from each trial's config
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": spec.cpu, "gpu": spec.gpu}),
+        _trainable(spec, trainable),
         param_space={},
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=_scheduler(spec), metric=spec.metric, mode=spec.mode,
-            num_samples=spec.num_trials(), max_concurrent_trials=max_concurrent or spec.max_concurrent,
+            num_samples=spec.num_trials(),
+            max_concurrent_trials=max_concurrent or spec.max_concurrent or fitting_trials(spec),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=_storage_for_ray(storage), callbacks=_callbacks(spec, storage, name, console, live),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=0, checkpoint_at_end=True),
             verbose=0, log_to_file=True,
         ),
     )
@@ -349,12 +375,14 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
     if _exists(path):
         raise ConfigError(Problem("--name", f"a sweep already exists at {path}. Continue it with `mmtune resume {path}`, "
                                   "or give this one another --name (nothing there was touched)."))
+    _prepare_datasets(spec, console)
     started = _init_ray(address, spec)
     try:
         meta = {"spec": spec.source, "name": name, "smoke_test": smoke_test, "mmtune_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command or " ".join(sys.argv),
                 "num_trials": spec.num_trials(), "axes": spec.axes(), "metric": spec.metric, "mode": spec.mode,
-                "algorithm": spec.algorithm, "hardware": _hardware()}
+                "algorithm": spec.algorithm, "hardware": _hardware(),
+                "max_concurrent": max_concurrent or spec.max_concurrent or fitting_trials(spec)}
         _write_text(f"{path}/{SPEC_FILE}", json.dumps(meta, indent=2, default=str))
         tuner, _ = build_tuner(spec, storage=storage, name=name, max_concurrent=max_concurrent, console=console,
                                live=live, trainable=trainable)
@@ -362,6 +390,29 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
         _stop_ray(started)
         raise
     return _fit(tuner, path, started)
+
+
+def _prepare_datasets(spec: SweepSpec, console: Any) -> None:
+    """Decode every real dataset the sweep uses once, here, before any trial starts (with all cores),
+    instead of letting the first trials do it while the others wait on its lock."""
+    from mmtune.data import dataset_config
+    from mmtune.data.real import REAL_DATASETS, RealDataConfig, prepare
+
+    if spec.algorithm == "grid":
+        nodes = [c.get("dataset") or {} for c in expand_grid(spec)]
+    else:
+        fixed, space = optuna_base(spec)
+        nodes = [] if "dataset" in space else [fixed.get("dataset") or {}]
+    seen: set[str] = set()
+    for node in nodes:
+        if node.get("name") not in REAL_DATASETS:
+            continue
+        key = json.dumps(node, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            cfg = dataset_config(node)
+            assert isinstance(cfg, RealDataConfig)
+            prepare(cfg, progress=(console.print if console is not None else log.info))
 
 
 def _hardware() -> dict[str, Any]:
@@ -407,10 +458,7 @@ def resume_sweep(path: str, *, retry_errored: bool = False, address: str | None 
     try:
         from mmtune.sweep.progress import SweepProgress
 
-        from mmtune.engine.trainable import BalancedTrainable
-
-        trainable = tune.with_resources(BalancedTrainable, {"cpu": spec.cpu, "gpu": spec.gpu})
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=retry_errored)
+        tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=retry_errored)
         # Callbacks come back from the pickled run config; give the progress view this terminal.
         for cb in tuner._local_tuner._run_config.callbacks or []:
             if isinstance(cb, SweepProgress):

@@ -220,3 +220,16 @@ def test_prepare_cli(tmp_path, capsys):
     assert "already prepared" in capsys.readouterr().out
     assert main(["prepare", "synthetic", "--root", str(root)]) == 2
     assert "not a real dataset" in capsys.readouterr().err
+
+
+def test_a_sweep_prepares_each_real_dataset_once_before_trials_start(tmp_path):
+    from mmtune.sweep.spec import parse_spec
+    from mmtune.sweep.tuner import _prepare_datasets
+
+    root = write_toy(tmp_path / "toy")
+    spec = parse_spec({"name": "toy", "method": ["joint", "ogm"], "seeds": [0, 1],
+                       "dataset": {"name": "toy", "root": str(root), "val_fraction": {"grid": [0.1, 0.2]}, "workers": 0}})
+    _prepare_datasets(spec, console=None)
+    assert sorted(p.name.split("-")[0] for p in (root / ".mmtune_cache").glob("toy-*")) == ["toy", "toy"]
+    for fraction in (0.1, 0.2):
+        assert (cache_path(toy_config(root, val_fraction=fraction)) / "meta.json").is_file()

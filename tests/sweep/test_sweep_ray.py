@@ -113,7 +113,8 @@ def test_a_crashed_trial_restores_from_its_checkpoint_and_matches_an_uninterrupt
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     FailOnceAtEpoch2.marker = str(tmp_path / "marker")
-    spec = spec_of(name="crash", method="ogm", train={"epochs": 3, "batch_size": 64}, max_failures=1)
+    spec = spec_of(name="crash", method="ogm", train={"epochs": 3, "batch_size": 64}, max_failures=1,
+                   checkpoint_every_s=0)  # a checkpoint after epoch 1 to restore from
     out = run_sweep(spec, storage=str(tmp_path), console=quiet(), live=False, trainable=FailOnceAtEpoch2)
     assert (tmp_path / "marker").exists(), "the crash was never injected"
     assert out.counts == {"TERMINATED": 1}
@@ -181,7 +182,7 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
 cluster.wait_for_nodes()
 spec = parse_spec({"name": "multi", "method": ["joint", "ogm"], "seeds": [0, 1, 2],
-                   "dataset": {"n_train": 512, "n_val": 96, "n_test": 96}, "train": {"epochs": 5}, "max_failures": 3})
+                   "dataset": {"n_train": 512, "n_val": 96, "n_test": 96}, "train": {"epochs": 5}, "max_failures": 3, "checkpoint_every_s": 0})
 
 def remove_a_worker():
     while True:
