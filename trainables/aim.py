@@ -385,6 +385,10 @@ class AIM(BalancingMethod):
             raise ConfigError([Problem("model", f"AIM needs the same number of depth blocks in every encoder "
                                        f"(§III-B), got {depths}. Match model.num_layers to the other encoders "
                                        "(resnet18 has 4).")])
+        tokens = [m for m in self.modalities if getattr(model.encoders[m], "input_kind", "real") == "tokens"]
+        if tokens and cfg.prototypes == "dap":
+            raise ConfigError([Problem("params.prototypes", f"is 'dap', whose prototypes are synthesised in input space, "
+                                       f"but {tokens} take token ids (bert). Use params.prototypes=label.")])
         self.model = model
         self._all_modules = list(model.modules())
         self.blocks = blocks

@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -225,6 +226,12 @@ class RealDataset:
     def decode(cls, cfg: Any, modality: str, source: Any) -> np.ndarray:
         raise NotImplementedError
 
+    @classmethod
+    def fingerprint(cls, cfg: Any) -> str:
+        """Extra cache-key content: what identifies the source files beyond the config (e.g. a
+        feature file's size and mtime), so a replaced file is not served from a stale cache."""
+        return ""
+
 
 REAL_DATASETS: dict[str, type[RealDataset]] = {}
 
@@ -242,6 +249,7 @@ def register_dataset(cls: type[RealDataset]) -> type[RealDataset]:
 def cache_key(cfg: RealDataConfig) -> str:
     content = {k: v for k, v in to_dict(cfg).items() if k not in cfg.runtime_fields}
     content["root"] = str(Path(cfg.root).expanduser().resolve())
+    content["source"] = REAL_DATASETS[cfg.name].fingerprint(cfg)
     blob = json.dumps({"format": CACHE_FORMAT, **content}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -333,7 +341,7 @@ def prepare(cfg: RealDataConfig, *, workers: int | None = None, force: bool = Fa
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second trial preparing the same cache waits for the first
         if not force and (target / META_FILE).is_file():
             return target
-        _build_cache(cfg, target, workers=workers or os.cpu_count() or 1, progress=progress or log.info)
+        _build_cache(cfg, target, workers=workers if workers is not None else os.cpu_count() or 1, progress=progress or log.info)
     return target
 
 
@@ -354,7 +362,8 @@ def _build_cache(cfg: RealDataConfig, target: Path, *, workers: int, progress: C
     counts: dict[str, int] = {}
     total = sum(len(v) for v in splits.values())
     progress(f"preparing {cfg.name} ({total} samples, {workers} processes) into {target}")
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    # fork: workers inherit the registry (and any dataset registered at run time) and loaded indexes.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
     try:
         for split, samples in splits.items():
             folder = tmp / split
@@ -489,6 +498,7 @@ class _Loader:
     def __init__(self, reader: _Reader, workers: int, device: torch.device):
         self.reader, self.workers, self.device = reader, workers, device
         self.plan = _Plan()
+        self._busy = False
         self._loader: torch.utils.data.DataLoader | None = None
 
     def run(self, items: list[Any]) -> Iterator[dict[str, Tensor]]:
@@ -498,8 +508,14 @@ class _Loader:
                 pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
                 prefetch_factor=4 if self.workers else None,
             )
+        if self._busy:  # one worker pool serves the three splits, one pass at a time
+            raise RuntimeError("a pass over another split of this dataset is still running; finish it first")
         self.plan.items = items
-        yield from self._loader
+        self._busy = True
+        try:
+            yield from self._loader
+        finally:
+            self._busy = False
 
 
 class CacheSplit:
@@ -580,8 +596,11 @@ def _frame_choice(count: Tensor, k_max: int, k: int, generator: torch.Generator 
 
 
 def load_real(cfg: RealDataConfig, device: torch.device) -> MultimodalData:
-    """Prepare the cache if needed (once), then return splits that read it."""
-    folder = prepare(cfg)
+    """Prepare the cache if needed (once), then return splits that read it.
+
+    A trial that finds no cache decodes with ``max(1, workers)`` processes (its share of the machine);
+    ``mmtune prepare`` and ``mmtune sweep`` prepare ahead with every core."""
+    folder = prepare(cfg, workers=max(1, cfg.workers))
     meta = json.loads((folder / META_FILE).read_text())
     modalities = {
         m: Modality(tuple(s["shape"]), s["dtype"], s["frames"],

@@ -9,6 +9,7 @@ import torch
 from mmtune.config import Record, hp
 from mmtune.errors import ConfigError, Problem, unknown_name_message
 from mmtune.models.encoders import ENCODERS, build_encoder, list_encoders
+from mmtune.models import text  # noqa: F401  registers "bert" (transformers is imported only when one is built)
 from mmtune.models.fusions import FUSIONS, build_fusion, list_fusions
 from mmtune.models.multimodal import ModelOutput, MultimodalModel
 

@@ -51,6 +51,10 @@ class Encoder(nn.Module):
     Subclasses build ``blocks`` and override ``fold`` (input reshaping) and ``pool_intermediate``.
     """
 
+    # What the input holds: "real" values, or integer "tokens" (ids) that cannot be perturbed or
+    # synthesised in input space (methods that do so check this).
+    input_kind: str = "real"
+
     def __init__(self, blocks: Sequence[nn.Module], block_dims: Sequence[int]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)

@@ -233,3 +233,12 @@ def test_a_sweep_prepares_each_real_dataset_once_before_trials_start(tmp_path):
     assert sorted(p.name.split("-")[0] for p in (root / ".mmtune_cache").glob("toy-*")) == ["toy", "toy"]
     for fraction in (0.1, 0.2):
         assert (cache_path(toy_config(root, val_fraction=fraction)) / "meta.json").is_file()
+
+
+def test_a_second_pass_cannot_start_inside_another(tmp_path):
+    data = build_dataset(toy_config(write_toy(tmp_path / "toy"), workers=1), "cpu")
+    train = data.train.batches(4, generator=torch.Generator().manual_seed(0))
+    next(train)
+    with pytest.raises(RuntimeError, match="still running"):
+        next(iter(data.val.batches(4)))
+    assert sum(len(b) for b in train) == 27 - 4  # the training pass is intact

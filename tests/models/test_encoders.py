@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmtune.errors import ConfigError
-from mmtune.models.encoders import Encoder, build_encoder, list_encoders, register_encoder
+from mmtune.models.encoders import ENCODERS, Encoder, build_encoder, list_encoders, register_encoder
 
 # A small input shape for every registered encoder, plus the alternative input layouts.
 SHAPES: dict[str, tuple[int, ...]] = {
@@ -14,6 +14,7 @@ SHAPES: dict[str, tuple[int, ...]] = {
     "cnn": (3, 16, 16),
     "resnet18": (1, 32, 32),
     "transformer": (6, 12),
+    "bert": (12,),
 }
 CASES = [(name, SHAPES.get(name)) for name in list_encoders()] + [
     ("cnn", (2, 3, 16, 16)),
@@ -31,14 +32,17 @@ def make(name: str, shape: tuple[int, ...] | None, seed: int = 0) -> Encoder:
     return build_encoder(name, input_shape=shape, **SMALL)
 
 
-def batch(shape: tuple[int, ...], n: int = B, seed: int = 1) -> torch.Tensor:
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+def batch(shape: tuple[int, ...], n: int = B, seed: int = 1, name: str = "") -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if getattr(ENCODERS.get(name), "input_kind", "real") == "tokens":  # ids; 0 is padding
+        return torch.randint(0, 1000, (n, *shape), generator=g)
+    return torch.randn((n, *shape), generator=g)
 
 
 @pytest.mark.parametrize(("name", "shape"), CASES, ids=lambda v: str(v))
 def test_depth_block_contract(name: str, shape: tuple[int, ...]) -> None:
     enc = make(name, shape).eval()
-    x = batch(shape)
+    x = batch(shape, name=name)
     depth = len(enc.blocks)
     assert depth >= 1 and len(enc.block_dims) == depth and enc.out_dim == enc.block_dims[-1]
     with torch.no_grad():
@@ -58,7 +62,7 @@ def test_same_seed_same_encoder(name: str, shape: tuple[int, ...]) -> None:
     a, b = make(name, shape).eval(), make(name, shape).eval()
     for (ka, pa), (kb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(pa, pb)
-    x = batch(shape)
+    x = batch(shape, name=name)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
 
@@ -66,7 +70,7 @@ def test_same_seed_same_encoder(name: str, shape: tuple[int, ...]) -> None:
 @pytest.mark.parametrize(("name", "shape"), CASES, ids=lambda v: str(v))
 def test_gradients_reach_every_parameter(name: str, shape: tuple[int, ...]) -> None:
     enc = make(name, shape).train()
-    enc(batch(shape)).sum().backward()
+    enc(batch(shape, name=name)).sum().backward()
     missing = [n for n, p in enc.named_parameters() if p.grad is None]
     assert not missing
     assert all(torch.isfinite(p.grad).all() for p in enc.parameters())
@@ -76,7 +80,7 @@ def test_batch_of_one() -> None:
     for name, shape in CASES:
         enc = make(name, shape).eval()
         with torch.no_grad():
-            assert enc(batch(shape, n=1)).shape == (1, enc.out_dim)
+            assert enc(batch(shape, n=1, name=name)).shape == (1, enc.out_dim)
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
