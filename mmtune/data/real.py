@@ -105,6 +105,12 @@ class Modality:
     dtype: str
     frames: int = 0
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    flip_invert: tuple[int, ...] = ()  # channels negated (255 − x) by a horizontal flip: optical flow's u
+
+    def __post_init__(self) -> None:
+        if self.frames and not (len(self.shape) == 4 and 1 <= self.frames <= self.shape[0]):
+            raise ValueError(f"a frame modality samples 1..K frames of a (K, C, H, W) stack; got frames={self.frames} "
+                             f"for shape {self.shape}")
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -396,7 +402,8 @@ def _build_cache(cfg: RealDataConfig, target: Path, *, workers: int, progress: C
         "config": to_dict(cfg),
         "classes": index.classes,
         "modalities": {m: {"shape": list(s.shape), "dtype": s.dtype, "frames": s.frames,
-                           "normalize": [list(v) for v in s.normalize] if s.normalize else None}
+                           "normalize": [list(v) for v in s.normalize] if s.normalize else None,
+                           "flip_invert": list(s.flip_invert)}
                        for m, s in index.modalities.items()},
         "splits": {s: {"n": counts[s], "source": split_source[s]} for s in SPLITS},
         "skipped": sorted(set(skipped)),
@@ -473,8 +480,11 @@ class _Reader(torch.utils.data.Dataset):
             rows = self.array(split, m)[sorted_idx][inverse]
             if spec.frames:
                 rows = rows[np.arange(len(idx))[:, None], frames[m]]
-                if flip is not None:
-                    rows[flip] = rows[flip][..., ::-1]
+                if flip is not None and flip.any():
+                    flipped = rows[flip][..., ::-1]
+                    for c in spec.flip_invert:  # a mirrored flow field moves the other way
+                        flipped[:, :, c] = 255 - flipped[:, :, c]
+                    rows[flip] = flipped
             out[m] = torch.from_numpy(np.ascontiguousarray(rows))
         return out
 
@@ -604,7 +614,8 @@ def load_real(cfg: RealDataConfig, device: torch.device) -> MultimodalData:
     meta = json.loads((folder / META_FILE).read_text())
     modalities = {
         m: Modality(tuple(s["shape"]), s["dtype"], s["frames"],
-                    tuple(tuple(v) for v in s["normalize"]) if s["normalize"] else None)
+                    tuple(tuple(v) for v in s["normalize"]) if s["normalize"] else None,
+                    tuple(s.get("flip_invert", ())))
         for m, s in meta["modalities"].items()
     }
     loader = _Loader(_Reader(folder, modalities), cfg.workers, device)

@@ -242,3 +242,20 @@ def test_a_second_pass_cannot_start_inside_another(tmp_path):
     with pytest.raises(RuntimeError, match="still running"):
         next(iter(data.val.batches(4)))
     assert sum(len(b) for b in train) == 27 - 4  # the training pass is intact
+
+
+def test_a_flip_mirrors_frames_and_inverts_the_declared_channels(tmp_path):
+    from mmtune.data.real import _Reader
+
+    folder = tmp_path / "cache"
+    (folder / "train").mkdir(parents=True)
+    frames = np.arange(2 * 3 * 2 * 2 * 3, dtype=np.uint8).reshape(2, 3, 2, 2, 3)  # (N, K, C, H, W)
+    np.save(folder / "train" / "flow.npy", frames)
+    np.save(folder / "train" / "labels.npy", np.zeros(2, dtype=np.int64))
+    reader = _Reader(folder, {"flow": Modality((3, 2, 2, 3), "uint8", frames=1, flip_invert=(0,))})
+    out = reader[("train", np.array([0, 1]), {"flow": np.array([[1], [2]])}, np.array([True, False]))]["flow"].numpy()
+    assert np.array_equal(out[0, 0, 0], 255 - frames[0, 1, 0, :, ::-1])  # u: mirrored and negated
+    assert np.array_equal(out[0, 0, 1], frames[0, 1, 1, :, ::-1])  # v: mirrored only
+    assert np.array_equal(out[1, 0], frames[1, 2])  # not flipped
+    with pytest.raises(ValueError, match="1..K frames"):
+        Modality((3, 2, 2, 3), "uint8", frames=4)
