@@ -53,7 +53,7 @@ from mmtune.errors import ConfigError, Problem
 
 __all__ = [
     "CacheSplit", "Index", "Layout", "Modality", "RealDataConfig", "RealDataset", "Sample",
-    "REAL_DATASETS", "cache_path", "load_real", "prepare", "register_dataset", "stratified_split",
+    "REAL_DATASETS", "cache_path", "carve_validation", "load_real", "prepare", "register_dataset", "stratified_split",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,10 @@ class Index:
     classes: list[str]
     modalities: dict[str, Modality]
     info: dict[str, Any] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)  # path of an absent file -> key of its sample
+    missing: dict[str, list[str]] = field(default_factory=dict)  # path of an absent file -> keys of its samples
+
+    def missing_keys(self) -> set[str]:
+        return {key for keys in self.missing.values() for key in keys}
 
 
 class Layout:
@@ -150,7 +153,7 @@ class Layout:
         self.root = Path(cfg.root).expanduser()
         self.tree = tree
         self._absent: list[str] = []
-        self.missing_files: dict[str, str] = {}  # path -> sample key
+        self.missing_files: dict[str, list[str]] = {}  # path -> keys of the samples that need it
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -178,7 +181,7 @@ class Layout:
             ))
 
     def missing(self, path: Path, key: str) -> None:
-        self.missing_files[str(path)] = key
+        self.missing_files.setdefault(str(path), []).append(key)
 
 
 def bad_files_problem(cfg: RealDataConfig, bad: Mapping[str, str], what: str, tree: str) -> Problem:
@@ -215,6 +218,14 @@ def stratified_split(labels: Iterable[int], fraction: float, seed: int) -> tuple
         held.extend(members[j] for j in rng.permutation(len(members))[:take])
     held_set = set(held)
     return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+def carve_validation(train: list[Sample], cfg: RealDataConfig) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): the validation split mmtune carves out of ``train`` when a dataset has none.
+
+    Datasets that fit something on the training samples alone (a vocabulary) call this to know them."""
+    keep, held = stratified_split([s.label for s in train], cfg.val_fraction, cfg.split_seed)
+    return [train[i] for i in keep], [train[i] for i in held]
 
 
 class RealDataset:
@@ -288,9 +299,7 @@ def _resolve_splits(cfg: RealDataConfig, index: Index) -> tuple[dict[str, list[S
         if cfg.val_fraction <= 0:
             raise ConfigError(Problem("dataset.val_fraction", f"is 0 but {cfg.name} has no validation split; model "
                                                               "selection needs one: set it > 0 (default 0.1)."))
-        train = splits["train"]
-        keep, held = stratified_split([s.label for s in train], cfg.val_fraction, cfg.split_seed)
-        splits["train"], splits["val"] = [train[i] for i in keep], [train[i] for i in held]
+        splits["train"], splits["val"] = carve_validation(splits["train"], cfg)
         source["val"] = f"carved from train (val_fraction={cfg.val_fraction}, split_seed={cfg.split_seed}, stratified)"
     return {s: splits[s] for s in SPLITS}, source
 
@@ -357,7 +366,7 @@ def _build_cache(cfg: RealDataConfig, target: Path, *, workers: int, progress: C
     index = dataset.index(cfg)
     if index.missing and not cfg.skip_missing:  # fail before spending time on decoding
         raise ConfigError(bad_files_problem(cfg, {p: "missing" for p in index.missing}, "missing", dataset.layout))
-    gone = set(index.missing.values())
+    gone = index.missing_keys()
     index.splits = {s: drop_samples(v, gone) for s, v in index.splits.items()}
     splits, split_source = _resolve_splits(cfg, index)
     modalities = list(index.modalities)

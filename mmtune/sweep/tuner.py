@@ -272,12 +272,36 @@ def _init_ray(address: str | None, spec: SweepSpec) -> bool:
     return started
 
 
+# Config leaves that name files: made absolute on the driver, because Tune runs each trial in its
+# own folder, where a relative path (`root: data/CREMA-D`) would point somewhere else.
+PATH_LEAVES = ("dataset.root", "dataset.cache_dir", "dataset.tokenizer", "model.weights.*")
+
+
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every relative path of :data:`PATH_LEAVES` resolved against the current folder."""
+    config = copy.deepcopy(config)
+    for leaf in PATH_LEAVES:
+        section, key = leaf.split(".", 1)
+        node = config.get(section)
+        if key == "weights.*":
+            node = node.get("weights") if isinstance(node, dict) else None
+            keys = list(node) if isinstance(node, dict) else []
+        else:
+            keys = [key]
+        for k in keys:
+            value = node.get(k) if isinstance(node, dict) else None
+            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+                node[k] = os.path.abspath(value)
+    return config
+
+
 def _searcher(spec: SweepSpec):
     if spec.algorithm == "optuna":
         fixed, space = optuna_base(spec)
+        fixed = absolute_paths(fixed)
         return SeededOptunaSearcher(fixed=fixed, space=space, seeds=list(spec.seeds), num_samples=spec.num_samples,
                                     metric=spec.metric, mode=spec.mode, max_epochs=spec.epochs, sampler_seed=spec.search_seed)
-    return TrialListSearcher(expand_grid(spec), metric=spec.metric, mode=spec.mode)
+    return TrialListSearcher([absolute_paths(c) for c in expand_grid(spec)], metric=spec.metric, mode=spec.mode)
 
 
 def _scheduler(spec: SweepSpec):
@@ -399,10 +423,10 @@ def _prepare_datasets(spec: SweepSpec, console: Any) -> None:
     from mmtune.data.real import REAL_DATASETS, RealDataConfig, prepare
 
     if spec.algorithm == "grid":
-        nodes = [c.get("dataset") or {} for c in expand_grid(spec)]
+        nodes = [absolute_paths(c).get("dataset") or {} for c in expand_grid(spec)]
     else:
         fixed, space = optuna_base(spec)
-        nodes = [] if "dataset" in space else [fixed.get("dataset") or {}]
+        nodes = [] if "dataset" in space else [absolute_paths(fixed).get("dataset") or {}]
     seen: set[str] = set()
     for node in nodes:
         if node.get("name") not in REAL_DATASETS:

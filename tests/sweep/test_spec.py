@@ -229,3 +229,16 @@ def test_seeded_optuna_runs_each_sample_per_seed_and_keeps_stopped_trials_out_of
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL]
     assert study.trials[0].value == pytest.approx(0.7)  # the seed mean
     assert study.trials[1].value is None  # the truncated 0.9/0.2 never reached the posterior
+
+
+def test_relative_paths_become_absolute_for_trials_that_run_in_their_own_folder(tmp_path, monkeypatch):
+    from mmtune.sweep.tuner import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    config = {"dataset": {"name": "cremad", "root": "data/CREMA-D", "cache_dir": "/abs/cache", "tokenizer": ""},
+              "model": {"weights": {"audio": "w/a.pt", "video": "s3://bucket/v.pt"}}, "train": {"epochs": 1}}
+    out = absolute_paths(config)
+    assert out["dataset"]["root"] == str(tmp_path / "data" / "CREMA-D")
+    assert out["dataset"]["cache_dir"] == "/abs/cache" and out["dataset"]["tokenizer"] == ""
+    assert out["model"]["weights"] == {"audio": str(tmp_path / "w" / "a.pt"), "video": "s3://bucket/v.pt"}
+    assert config["dataset"]["root"] == "data/CREMA-D"  # the spec itself is left as written
