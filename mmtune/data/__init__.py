@@ -9,7 +9,7 @@ import torch
 
 from mmtune.config import Record, from_dict
 from mmtune.data.base import Batch, MultimodalData, TensorSplit
-from mmtune.data import mosi, text_image, ucf101  # noqa: F401  (each real dataset registers itself on import)
+from mmtune.data import cremad, kinetics_sounds, mosi, text_image, ucf101  # noqa: F401  (each real dataset registers itself on import)
 from mmtune.data.real import REAL_DATASETS, load_real
 from mmtune.data.synthetic import SyntheticConfig, make_synthetic
 from mmtune.errors import ConfigError, Problem, unknown_name_message

@@ -56,10 +56,9 @@ all-zero first steps than last steps), or set with ``dataset.pad_side``.
 Loading
 -------
 A feature file is unpickled once per process. ``index`` loads it; each sample's source is a
-``(file, split, row)`` reference, and the file pickles as its path and stamp, so the processes that
-``prepare`` forks find it already in memory (a spawned process loads it once). In the training
-process it lives only as long as the index, so a trial does not keep gigabytes of MOSEI after the
-cache is written. Only unpickle files you trust: a pickle can run code.
+``(file, split, row)`` reference (small, and picklable as the file's path and stamp), which
+``prepare``'s decoding threads resolve against the loaded file. In the training process it lives
+only as long as the index, so a trial does not keep gigabytes of MOSEI after the cache is written. Only unpickle files you trust: a pickle can run code.
 """
 
 from __future__ import annotations

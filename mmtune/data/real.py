@@ -33,12 +33,11 @@ import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -79,7 +78,8 @@ class RealDataConfig(Record):
     skip_missing: bool = hp(False, doc="skip samples whose files are missing or corrupt (with a warning) instead of failing")
     cache_dir: str = hp("", doc="where `mmtune prepare` puts decoded arrays (default: <root>/.mmtune_cache, "
                                 "or ~/.cache/mmtune when root is read-only)")
-    workers: int = hp(2, low=0, doc="DataLoader worker processes reading the cache (0: read in the training process)")
+    workers: int = hp(-1, low=-1, doc="DataLoader worker processes reading the cache (0: in the training process; "
+                                      "-1: 0 on CPU, where reading in-process measured fastest, 4 on CUDA)")
     flip: bool = hp(True, doc="random horizontal flip of frames in training (the reference recipes' augmentation)")
 
     # Fields that change how the cache is read, not what it holds: left out of the cache key.
@@ -377,8 +377,9 @@ def _build_cache(cfg: RealDataConfig, target: Path, *, workers: int, progress: C
     counts: dict[str, int] = {}
     total = sum(len(v) for v in splits.values())
     progress(f"preparing {cfg.name} ({total} samples, {workers} processes) into {target}")
-    # fork: workers inherit the registry (and any dataset registered at run time) and loaded indexes.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
+    # Threads, not processes: the decoders (PIL, torch.stft, resampling, PyAV) release the GIL, and
+    # forking a process that already runs threads (DataLoader, Ray, OpenMP) can deadlock the child.
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
         for split, samples in splits.items():
             folder = tmp / split
@@ -428,12 +429,11 @@ def _build_cache(cfg: RealDataConfig, target: Path, *, workers: int, progress: C
 
 
 def _decode_all(cfg: RealDataConfig, samples: list[Sample], modalities: list[str],
-                pool: ProcessPoolExecutor | None) -> list[dict[str, Any]]:
+                pool: ThreadPoolExecutor | None) -> list[dict[str, Any]]:
     if pool is None:
         return [_decode_sample(cfg.name, cfg, s, modalities) for s in samples]
-    chunk = max(1, len(samples) // (pool._max_workers * 8))
     return list(pool.map(_decode_sample, [cfg.name] * len(samples), [cfg] * len(samples), samples,
-                         [modalities] * len(samples), chunksize=chunk))
+                         [modalities] * len(samples)))
 
 
 def _write_split(folder: Path, samples: list[Sample], decoded: list[dict[str, Any]],
@@ -486,16 +486,33 @@ class _Reader(torch.utils.data.Dataset):
         out: dict[str, Tensor] = {"labels": torch.from_numpy(np.ascontiguousarray(self.array(split, "labels")[idx]))}
         for m in frames:
             spec = self.modalities[m]
-            rows = self.array(split, m)[sorted_idx][inverse]
-            if spec.frames:
-                rows = rows[np.arange(len(idx))[:, None], frames[m]]
+            if spec.frames:  # read only the chosen frames of each clip
+                rows = self.array(split, m)[sorted_idx[:, None], frames[m][order]][inverse]
                 if flip is not None and flip.any():
                     flipped = rows[flip][..., ::-1]
                     for c in spec.flip_invert:  # a mirrored flow field moves the other way
                         flipped[:, :, c] = 255 - flipped[:, :, c]
                     rows[flip] = flipped
+            else:
+                rows = self.array(split, m)[sorted_idx][inverse]
+            # Bytes travel (4x fewer than float32) and the training device converts them: measured
+            # faster than converting in the workers even on the CPU (bench/prepare_cache.py).
             out[m] = torch.from_numpy(np.ascontiguousarray(rows))
         return out
+
+
+def to_float(x: Tensor, spec: Modality) -> Tensor:
+    """What the model sees: uint8 scaled to [0, 1] and normalised per channel, floats as float32,
+    integer ids unchanged."""
+    if x.dtype == torch.uint8:
+        mean, std = spec.normalize or ((0.0,), (1.0,))
+        shape = (-1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(shape) * 255.0
+        inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=x.device).view(shape) * 255.0)
+        return x.float().sub_(mean_t).mul_(inv_std)
+    if x.dtype in (torch.float16, torch.float64):
+        return x.float()
+    return x
 
 
 class _Plan:
@@ -544,7 +561,6 @@ class CacheSplit:
                  modalities: dict[str, Modality], flip: bool):
         self.name, self.loader, self.labels_np = split, loader, labels
         self.counts, self.modalities, self.flip = counts, modalities, flip
-        self._norm: dict[str, tuple[Tensor, Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.labels_np)
@@ -559,7 +575,6 @@ class CacheSplit:
 
     def to(self, device: torch.device | str) -> CacheSplit:
         self.loader.device = torch.device(device)
-        self._norm.clear()
         return self
 
     def batches(self, batch_size: int, *, generator: torch.Generator | None = None) -> Iterator[Batch]:
@@ -586,19 +601,7 @@ class CacheSplit:
         return self.name, idx, frames, flip
 
     def _to_model(self, m: str, x: Tensor) -> Tensor:
-        spec = self.modalities[m]
-        x = x.to(self.device, non_blocking=True)
-        if spec.dtype == "uint8":
-            if m not in self._norm:
-                mean, std = spec.normalize or ((0.0,), (1.0,))
-                shape = (-1, 1, 1)
-                self._norm[m] = (torch.tensor(mean, device=self.device).view(shape) * 255.0,
-                                 torch.tensor(std, device=self.device).view(shape) * 255.0)
-            mean, std = self._norm[m]
-            return (x.float() - mean) / std
-        if x.dtype in (torch.float16, torch.float64):
-            return x.float()
-        return x
+        return to_float(x.to(self.device, non_blocking=True), self.modalities[m])
 
 
 def _frame_choice(count: Tensor, k_max: int, k: int, generator: torch.Generator | None) -> Tensor:
@@ -617,9 +620,9 @@ def _frame_choice(count: Tensor, k_max: int, k: int, generator: torch.Generator 
 def load_real(cfg: RealDataConfig, device: torch.device) -> MultimodalData:
     """Prepare the cache if needed (once), then return splits that read it.
 
-    A trial that finds no cache decodes with ``max(1, workers)`` processes (its share of the machine);
+    A trial that finds no cache decodes with ``workers`` processes (at least 1; 2 when -1);
     ``mmtune prepare`` and ``mmtune sweep`` prepare ahead with every core."""
-    folder = prepare(cfg, workers=max(1, cfg.workers))
+    folder = prepare(cfg, workers=max(1, cfg.workers, 2 if cfg.workers < 0 else 1))
     meta = json.loads((folder / META_FILE).read_text())
     modalities = {
         m: Modality(tuple(s["shape"]), s["dtype"], s["frames"],
@@ -627,7 +630,8 @@ def load_real(cfg: RealDataConfig, device: torch.device) -> MultimodalData:
                     tuple(s.get("flip_invert", ())))
         for m, s in meta["modalities"].items()
     }
-    loader = _Loader(_Reader(folder, modalities), cfg.workers, device)
+    workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
+    loader = _Loader(_Reader(folder, modalities), workers, device)
 
     def split(name: str) -> CacheSplit:
         labels = np.load(folder / name / "labels.npy")
