@@ -45,7 +45,7 @@ def test_overrides_reach_the_trial(capsys):
         (["joint", "train.lr=-1", "model.fusion=concatt"], ["train.lr", "(0, inf)", "model.fusion", "'concat'"]),
         (["joint", "trian.epochs=3"], ["trian", "dataset, model, train, params"]),
         (["joint", "noequals"], ["noequals", "key=value"]),
-        (["joint", "dataset.name=cremad"], ["dataset.name", "synthetic"]),
+        (["joint", "dataset.name=cremd"], ["dataset.name", "Did you mean 'cremad'"]),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(capsys, args, needles):

@@ -59,14 +59,14 @@ import numpy as np
 from mmtune.config import hp
 from mmtune.data.audio import read_wav, spectrogram, spectrogram_shape
 from mmtune.data.errors import CorruptFileError
-from mmtune.data.images import frame_positions, list_frames, read_image, video_frames
+from mmtune.data.images import read_frame_folder, stored_positions, video_frames
 from mmtune.data.real import (
     IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, Index, Layout, Modality, RealDataConfig, RealDataset, Sample,
     register_dataset, stratified_split,
 )
 from mmtune.errors import ConfigError, Problem
 
-__all__ = ["EMOTIONS", "SECONDS", "Cremad", "CremadConfig", "read_frame_folder", "stored_positions"]
+__all__ = ["EMOTIONS", "SECONDS", "Cremad", "CremadConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 SECONDS = 3.0  # the official code tiles every clip to 3 s before the STFT
 VIDEO_DIRS = (("VideoFlash", ".flv"), ("VideoMP4", ".mp4"))
+LFS_POINTER = b"version https://git-lfs"  # what a clone without `git lfs pull` holds instead of media
 
 LAYOUT = """\
 <root>/
@@ -119,6 +120,14 @@ class Cremad(RealDataset):
     name = "cremad"
     Config = CremadConfig
     layout: ClassVar[str] = LAYOUT
+
+    @classmethod
+    def fingerprint(cls, cfg: CremadConfig) -> str:
+        """The split files (size, mtime) and where frames come from: copying OGM-GE's csv files into a
+        prepared root, or extracting frames next to the videos, must not reuse the old cache."""
+        root = Path(cfg.root).expanduser()
+        split_files = [_stamp(root / cfg.split_dir / name) for name in ("train.csv", "test.csv")]
+        return ";".join([*split_files, "frames" if (root / cfg.frames_dir).is_dir() else "videos"])
 
     @classmethod
     def index(cls, cfg: CremadConfig) -> Index:
@@ -172,31 +181,25 @@ class Cremad(RealDataset):
 
     @classmethod
     def decode(cls, cfg: CremadConfig, modality: str, source: Path) -> np.ndarray:
-        if modality == "audio":
-            wave, rate = read_wav(source)
-            return spectrogram(wave, rate, mode=cfg.spectrogram, seconds=SECONDS)
-        if modality == "visual":
-            if source.suffix.lower() in {suffix for _, suffix in VIDEO_DIRS}:
-                frames = video_frames(source, cfg.video_fps, cfg.image_size)
-                return frames[stored_positions(len(frames), cfg.stored_frames)]
-            return read_frame_folder(source, cfg.stored_frames, cfg.image_size)
+        try:
+            if modality == "audio":
+                wave, rate = read_wav(source)
+                return spectrogram(wave, rate, mode=cfg.spectrogram, seconds=SECONDS)
+            if modality == "visual":
+                if source.suffix.lower() in {suffix for _, suffix in VIDEO_DIRS}:
+                    frames = video_frames(source, cfg.video_fps, cfg.image_size)
+                    return frames[stored_positions(len(frames), cfg.stored_frames)]
+                return read_frame_folder(source, cfg.stored_frames, cfg.image_size)
+        except CorruptFileError as err:
+            if _is_lfs_pointer(err.path):
+                raise CorruptFileError(err.path, "it is a Git LFS pointer, not the media file: the CREMA-D "
+                                                 "repository stores its files with Git LFS; run `git lfs pull` "
+                                                 "in the clone") from err
+            raise
         raise ValueError(f"cremad has modalities 'audio' and 'visual', not {modality!r}")
 
 
-# ----------------------------------------------------------------------------- shared frame helpers
-
-
-def stored_positions(count: int, k_max: int) -> list[int]:
-    """Every frame of a clip with at most K of them, else K at the centres of K equal segments."""
-    return list(range(count)) if count <= k_max else frame_positions(count, k_max)
-
-
-def read_frame_folder(folder: Path, k_max: int, size: int) -> np.ndarray:
-    """Up to ``k_max`` evenly spaced frames of a frame folder, as uint8 ``(n, 3, size, size)``."""
-    files = list_frames(folder)
-    if not files:
-        raise CorruptFileError(folder, "the frame folder holds no .jpg / .png frame")
-    return np.stack([read_image(files[i], size) for i in stored_positions(len(files), k_max)])
+# ----------------------------------------------------------------------------- shared decode helpers
 
 
 # ----------------------------------------------------------------------------- index helpers
@@ -272,6 +275,22 @@ def _split_audio_folder(audio_dir: Path, cfg: CremadConfig) -> dict[str, list[tu
     labels = [EMOTIONS.index(emotion(c)) for c in clips]
     train, test = stratified_split(labels, cfg.test_fraction, cfg.split_seed)
     return {"train": [(clips[i], labels[i]) for i in train], "test": [(clips[i], labels[i]) for i in test]}
+
+
+def _stamp(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"{path.name}:absent"
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _is_lfs_pointer(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(LFS_POINTER)) == LFS_POINTER
+    except OSError:
+        return False
 
 
 def _find_video(videos: list[tuple[Path, str]], clip: str) -> Path:

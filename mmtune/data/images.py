@@ -46,7 +46,10 @@ from PIL import Image
 
 from mmtune.data.errors import CorruptFileError
 
-__all__ = ["IMAGE_SUFFIXES", "frame_positions", "list_frames", "read_gray", "read_image", "video_frames"]
+__all__ = [
+    "IMAGE_SUFFIXES", "frame_files", "frame_positions", "list_frames", "read_frame_folder", "read_gray", "read_image",
+    "stored_positions", "video_frames",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -176,3 +179,24 @@ def video_frames(
     if not frames:
         raise CorruptFileError(path, "no video frame could be decoded")
     return np.ascontiguousarray(np.stack(frames))
+
+
+def stored_positions(count: int, k_max: int) -> list[int]:
+    """Which of a clip's ``count`` frames a cache stores: all of them when there are at most K,
+    else K at the centres of K equal segments (:func:`frame_positions`)."""
+    return list(range(count)) if count <= k_max else frame_positions(count, k_max)
+
+
+def frame_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """:func:`list_frames`, but an empty frame folder is a :class:`CorruptFileError`."""
+    files = list_frames(folder)
+    if not files:
+        raise CorruptFileError(folder, "the frame folder holds no .jpg / .png frame")
+    return files
+
+
+def read_frame_folder(folder: str | os.PathLike[str], k_max: int, size: int) -> np.ndarray:
+    """Up to ``k_max`` evenly spaced frames of a frame folder, as uint8 ``(n, 3, size, size)``."""
+    files = frame_files(folder)
+    return np.stack([read_image(files[i], size) for i in stored_positions(len(files), k_max)])
+

@@ -33,22 +33,24 @@ trained from scratch. Here:
   ``audio=auto`` (default) takes ``npy`` when the training audio folder holds any ``.npy`` file.
 
 Labels are the integer last field of each list line; the class names are the 31 Kinetics-Sounds
-classes in alphabetical order (checked against GeWu-Lab's BML ``KS.json``: label i of
-``ks_train_overlap.txt`` is always the i-th name, for all 14,775 clips).
+classes in alphabetical order (checked against GeWu-Lab's BML ``KS.json``: label i in
+``ks_train_overlap.txt`` and in OGM-GE's ``my_train.txt`` is the i-th name for every clip both list).
+A clip may appear in one list only.
 
 Layouts read (each path is a knob; "" tries the candidates below in order)
 ---------------------------------------------------------------------------
 * Lists: ``ks_train_overlap.txt`` / ``ks_test_overlap.txt`` (GeWu-Lab's "KS_2023" copy used by
-  MMPareto, Diagnosing & Re-learning, CRMT and BalanceBenchmark: ``<clip> <label>``, 14,775 / 1,376
+  MMPareto, Diagnosing & Re-learning, CRMT and BalanceBenchmark: ``<clip> <label>``, 20,715 / 1,376
   lines) or OGM-GE's ``data/KineticSound/my_train.txt`` / ``my_test.txt`` (``<clip>,10,<label>``,
   CRLF, 14,799 / 2,597 lines). Fields are split on commas and white space: the clip name is the
   first field (a trailing ``.mp4`` is dropped), the label the last. An unlabelled first line
   (a header) is skipped.
 * Audio: ``train_spec/``, ``test_spec/`` (``.npy``), or ``train_wav/train/``, ``test_wav/test/``
   (``.wav``: where CRMT's ``extract_audio.py`` reads them), or ``train_wav/``, ``test_wav/``.
-* Frames: ``train-frames-1fps/train/<clip>/`` and ``val-frames-1fps/test/<clip>/`` (GeWu-Lab's
-  extraction: ``frame_{i:05d}.jpg``, one frame at the middle of each of the first ten seconds), or
-  ``train-frames-1fps/<clip>/``, ``test-frames-1fps/<clip>/``. Any image names work (natural order).
+* Frames: ``train-frames-1fps/train/<clip>/`` and ``val-frames-1fps/test/<clip>/`` (the KS_2023
+  loaders open ``frame_00001.jpg`` … ``frame_00009.jpg`` of ten 1-fps frames), or
+  ``train-frames-1fps/<clip>/``, ``test-frames-1fps/<clip>/``. Any image names work (natural order),
+  e.g. CRMT's ffmpeg ``-r 1`` output ``000001.jpg`` …
 
 Validation: none is given; the core carves ``val_fraction`` of train out, stratified and seeded.
 """
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -65,8 +68,8 @@ import numpy as np
 
 from mmtune.config import hp
 from mmtune.data.audio import fit_time, load_npy_spectrogram, read_wav, spectrogram, spectrogram_shape
-from mmtune.data.cremad import read_frame_folder
 from mmtune.data.errors import CorruptFileError
+from mmtune.data.images import read_frame_folder
 from mmtune.data.real import (
     IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, Index, Layout, Modality, RealDataConfig, RealDataset, Sample,
     register_dataset,
@@ -88,7 +91,8 @@ CLASSES = (
 # Where each path knob looks when it is "" (first existing wins), per split.
 CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
     "list": {"train": ("ks_train_overlap.txt", "my_train.txt"), "test": ("ks_test_overlap.txt", "my_test.txt")},
-    "audio": {"train": ("train_spec", "train_wav/train", "train_wav"), "test": ("test_spec", "test_wav/test", "test_wav")},
+    "audio": {"train": ("train_spec", "train_wav/train", "train_wav"),
+              "test": ("test_spec", "test_wav/test", "test_wav")},
     "frames": {"train": ("train-frames-1fps/train", "train-frames-1fps"),
                "test": ("val-frames-1fps/test", "test-frames-1fps/test", "val-frames-1fps", "test-frames-1fps")},
 }
@@ -144,16 +148,21 @@ class KineticsSounds(RealDataset):
     layout: ClassVar[str] = LAYOUT
 
     @classmethod
+    def fingerprint(cls, cfg: KineticsSoundsConfig) -> str:
+        """The paths the empty knobs resolve to, the audio kind and the list files' size and mtime: a
+        root that gains my_train.txt or loses train_spec/ must not reuse the old cache."""
+        paths = _paths(Layout(cfg, LAYOUT), cfg)
+        kind = cfg.audio if cfg.audio != "auto" else _audio_kind(paths["train"]["audio"])
+        parts = [kind]
+        for where in paths.values():
+            stat = where["list"].stat() if where["list"].is_file() else None
+            parts += [str(p) for p in where.values()] + [f"{stat.st_size}:{stat.st_mtime_ns}" if stat else "absent"]
+        return ";".join(parts)
+
+    @classmethod
     def index(cls, cfg: KineticsSoundsConfig) -> Index:
         layout = Layout(cfg, cls.layout)
-        paths = {
-            split: {
-                "list": _resolve(layout, getattr(cfg, f"{split}_list"), CANDIDATES["list"][split], "file"),
-                "audio": _resolve(layout, getattr(cfg, f"{split}_audio"), CANDIDATES["audio"][split], "folder"),
-                "frames": _resolve(layout, getattr(cfg, f"{split}_frames"), CANDIDATES["frames"][split], "folder"),
-            }
-            for split in ("train", "test")
-        }
+        paths = _paths(layout, cfg)
         layout.check()
 
         kind = cfg.audio if cfg.audio != "auto" else _audio_kind(paths["train"]["audio"])
@@ -166,6 +175,7 @@ class KineticsSounds(RealDataset):
                     if not path.exists():
                         layout.missing(path, clip)
                 entries[split].append((clip, label, audio, frames))
+        _check_disjoint(entries, paths)
 
         if kind == "npy":
             rows, frames_t = _npy_shape(audio for _, _, audio, _ in entries["train"])
@@ -188,7 +198,8 @@ class KineticsSounds(RealDataset):
         return Index(splits, list(CLASSES), modalities, info=info, missing=layout.missing_files)
 
     @classmethod
-    def decode(cls, cfg: KineticsSoundsConfig, modality: str, source: Path | tuple[Path, tuple[int, int]]) -> np.ndarray:
+    def decode(cls, cfg: KineticsSoundsConfig, modality: str,
+               source: Path | tuple[Path, tuple[int, int]]) -> np.ndarray:
         if modality == "audio":
             path, (rows, frames_t) = source
             if path.suffix == ".npy":
@@ -208,6 +219,18 @@ class KineticsSounds(RealDataset):
 # ----------------------------------------------------------------------------- index helpers
 
 
+def _paths(layout: Layout, cfg: KineticsSoundsConfig) -> dict[str, dict[str, Path]]:
+    """Per split, the list file and the audio and frame folders: the knobs, or the first existing candidates."""
+    return {
+        split: {
+            what: _resolve(layout, getattr(cfg, f"{split}_{what}"), CANDIDATES[what][split],
+                           "file" if what == "list" else "folder")
+            for what in ("list", "audio", "frames")
+        }
+        for split in ("train", "test")
+    }
+
+
 def _resolve(layout: Layout, given: str, candidates: tuple[str, ...], kind: str) -> Path:
     """The knob's path, or the first existing candidate; absent ones are required (named in the error)."""
     options = (given,) if given else candidates
@@ -219,7 +242,7 @@ def _resolve(layout: Layout, given: str, candidates: tuple[str, ...], kind: str)
 
 
 def _audio_kind(folder: Path) -> str:
-    return "npy" if next(folder.glob("*.npy"), None) is not None else "wav"
+    return "npy" if folder.is_dir() and next(folder.glob("*.npy"), None) is not None else "wav"
 
 
 _FIELDS = re.compile(r"[,\s]+")
@@ -254,15 +277,25 @@ def _read_list(path: Path) -> list[tuple[str, int]]:
     if bad:
         shown = "\n".join(f"    {b}" for b in bad[:SHOWN_FILES])
         more = f"\n    ... and {len(bad) - SHOWN_FILES} more" if len(bad) > SHOWN_FILES else ""
+        expected = f"'<clip> <label>' or '<clip>,10,<label>' lines, the label in 0..{len(CLASSES) - 1}"
         raise ConfigError(Problem("dataset.root", f"{len(bad)} malformed line(s) in '{path}':\n{shown}{more}\n"
-                                                  f"  Expected lines like '<clip> <label>' or '<clip>,10,<label>' with "
-                                                  f"an integer label in 0..{len(CLASSES) - 1}. Expected layout:\n{LAYOUT}"))
+                                                  f"  Expected {expected}. Expected layout:\n{LAYOUT}"))
     if repeated:
-        log.warning("kinetics_sounds: %d clip(s) listed twice in %s, kept once (e.g. %s)", len(repeated), path, repeated[0])
+        log.warning("kinetics_sounds: %d clip(s) listed twice in %s, kept once (e.g. %s)",
+                    len(repeated), path, repeated[0])
     return rows
 
 
-def _npy_shape(paths) -> tuple[int, int]:
+def _check_disjoint(entries: dict[str, list[tuple[str, int, Path, Path]]], paths: dict[str, dict[str, Path]]) -> None:
+    both = sorted({clip for clip, *_ in entries["train"]} & {clip for clip, *_ in entries["test"]})
+    if both:
+        more = f" and {len(both) - SHOWN_FILES} more" if len(both) > SHOWN_FILES else ""
+        raise ConfigError(Problem("dataset.root", f"{len(both)} clip(s) are in both '{paths['train']['list']}' and "
+                                                  f"'{paths['test']['list']}': {', '.join(both[:SHOWN_FILES])}{more}. "
+                                                  "A clip belongs to one split."))
+
+
+def _npy_shape(paths: Iterable[Path]) -> tuple[int, int]:
     """(F, T) of the first readable .npy header among ``paths`` (the header only; nothing is decoded)."""
     tried = 0
     for path in paths:

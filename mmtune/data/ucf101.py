@@ -61,7 +61,7 @@ import numpy as np
 
 from mmtune.config import hp
 from mmtune.data.errors import CorruptFileError
-from mmtune.data.images import frame_positions, list_frames, read_gray, read_image, video_frames
+from mmtune.data.images import frame_files, list_frames, read_gray, read_image, stored_positions, video_frames
 from mmtune.data.real import (
     IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, Index, Layout, Modality, RealDataConfig, RealDataset, Sample,
     register_dataset,
@@ -185,13 +185,13 @@ class Ucf101(RealDataset):
         if modality == "rgb":
             if source.suffix.lower() in VIDEO_SUFFIXES and source.is_file():
                 frames = video_frames(source, cfg.video_fps, size)
-                return frames[_positions(len(frames), k_max)]
-            files = _frame_files(source)
-            return np.stack([read_image(files[i], size) for i in _positions(len(files), k_max)])
+                return frames[stored_positions(len(frames), k_max)]
+            files = frame_files(source)
+            return np.stack([read_image(files[i], size) for i in stored_positions(len(files), k_max)])
         if modality == "flow":
             pairs = _flow_pairs(*source)
             return np.stack([np.concatenate([read_gray(pairs[i][0], size), read_gray(pairs[i][1], size)])
-                             for i in _positions(len(pairs), k_max)])
+                             for i in stored_positions(len(pairs), k_max)])
         raise ValueError(f"ucf101 has modalities 'rgb' and 'flow', not {modality!r}")
 
 
@@ -296,18 +296,6 @@ def _find_video(video_dir: Path, list_path: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- decode helpers
-
-
-def _positions(count: int, k_max: int) -> list[int]:
-    """Every frame of a clip with at most K of them, else K at the centres of K equal segments."""
-    return list(range(count)) if count <= k_max else frame_positions(count, k_max)
-
-
-def _frame_files(folder: Path) -> list[Path]:
-    files = list_frames(folder)
-    if not files:
-        raise CorruptFileError(folder, "the frame folder holds no .jpg / .png frame")
-    return files
 
 
 def _flow_pairs(u_folder: Path, v_folder: Path) -> list[tuple[Path, Path]]:

@@ -316,7 +316,7 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
         table = modality_table(variants, axes, mods, available)
         lines += ["## Per-modality", "",
                   "Accuracy of each modality's own prediction inside the joint model (`val_acc/<m>`, `test_acc/<m>`) at "
-                  f"the best-validation epoch, and the discrepancy ratio ρ^m (`imbalance/<m>`, on validation) at the "
+                  "the best-validation epoch, and the discrepancy ratio ρ^m (`imbalance/<m>`, on validation) at the "
                   "last epoch.", "", render_markdown_table(table), "", provenance, ""]
 
     # -- plots

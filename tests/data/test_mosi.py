@@ -13,7 +13,7 @@ import pytest
 
 from mmtune.cli import main
 from mmtune.data import DATASETS, build_dataset, dataset_config
-from mmtune.data.mosi import Mosei, Mosi
+from mmtune.data.mosi import Mosi
 from mmtune.data.real import cache_path, prepare
 from mmtune.engine.trial import Trial, parse_trial_config
 from mmtune.errors import ConfigError

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from mmtune.cli import main
-from mmtune.data import DATASETS, build_dataset, dataset_config
+from mmtune.data import build_dataset, dataset_config
 from mmtune.data.images import frame_positions
 from mmtune.data.real import cache_path, prepare
-from mmtune.data.ucf101 import FLOW_MEAN, FLOW_STD, Ucf101
+from mmtune.data.ucf101 import FLOW_MEAN, FLOW_STD
 from mmtune.engine.trial import Trial, parse_trial_config
 from mmtune.errors import ConfigError
 
