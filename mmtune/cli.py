@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("dataset", help="cremad | kinetics_sounds | ucf101 | mosi | mosei | twitter15 | …")
     prep.add_argument("--root", required=True, help="the dataset folder, in its reference layout")
     prep.add_argument("overrides", nargs="*", metavar="key=value", help="dataset settings, e.g. spectrogram=code")
-    prep.add_argument("--workers", type=int, help="decoding processes [all cores]")
+    prep.add_argument("--workers", type=int, help="decoding threads [all cores]")
     prep.add_argument("--force", action="store_true", help="rebuild even if a cache for these settings exists")
     prep.set_defaults(handler=cmd_prepare)
 

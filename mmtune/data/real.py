@@ -376,7 +376,7 @@ def _build_cache(cfg: RealDataConfig, target: Path, *, workers: int, progress: C
     shutil.rmtree(tmp, ignore_errors=True)
     counts: dict[str, int] = {}
     total = sum(len(v) for v in splits.values())
-    progress(f"preparing {cfg.name} ({total} samples, {workers} processes) into {target}")
+    progress(f"preparing {cfg.name} ({total} samples, {workers} decoding threads) into {target}")
     # Threads, not processes: the decoders (PIL, torch.stft, resampling, PyAV) release the GIL, and
     # forking a process that already runs threads (DataLoader, Ray, OpenMP) can deadlock the child.
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
