@@ -61,7 +61,7 @@ from mmtune.data.audio import read_wav, spectrogram, spectrogram_shape
 from mmtune.data.errors import CorruptFileError
 from mmtune.data.images import read_frame_folder, stored_positions, video_frames
 from mmtune.data.real import (
-    IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, Index, Layout, Modality, RealDataConfig, RealDataset, Sample,
+    IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, FrameDataConfig, Index, Layout, Modality, RealDataset, Sample,
     register_dataset, stratified_split,
 )
 from mmtune.errors import ConfigError, Problem
@@ -90,7 +90,7 @@ LAYOUT = """\
 
 
 @dataclass(frozen=True)
-class CremadConfig(RealDataConfig):
+class CremadConfig(FrameDataConfig):
     name: str = hp("cremad", doc="dataset name")
     spectrogram: str = hp("paper", choices=("paper", "code"),
                           doc="paper: 257 × 299 as the papers state it; code: 257 × 188 as OGM-GE's code computes it")
@@ -104,13 +104,6 @@ class CremadConfig(RealDataConfig):
     split_dir: str = hp("", doc="folder holding OGM-GE's train.csv / test.csv, relative to root ('': root)")
     test_fraction: float = hp(0.1, low=0.0, low_open=True, high=1.0, high_open=True,
                               doc="share of each class held out as test when there is no train.csv / test.csv")
-
-    def extra_checks(self) -> list[Problem]:
-        problems = super().extra_checks()
-        if self.sampled_frames > self.stored_frames:
-            problems.append(Problem("sampled_frames", f"must be <= stored_frames, but got sampled_frames="
-                                                      f"{self.sampled_frames} and stored_frames={self.stored_frames}."))
-        return problems
 
 
 @register_dataset

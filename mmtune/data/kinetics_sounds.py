@@ -71,7 +71,7 @@ from mmtune.data.audio import fit_time, load_npy_spectrogram, read_wav, spectrog
 from mmtune.data.errors import CorruptFileError
 from mmtune.data.images import read_frame_folder
 from mmtune.data.real import (
-    IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, Index, Layout, Modality, RealDataConfig, RealDataset, Sample,
+    IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, FrameDataConfig, Index, Layout, Modality, RealDataset, Sample,
     register_dataset,
 )
 from mmtune.errors import ConfigError, Problem
@@ -111,7 +111,7 @@ LAYOUT = """\
 
 
 @dataclass(frozen=True)
-class KineticsSoundsConfig(RealDataConfig):
+class KineticsSoundsConfig(FrameDataConfig):
     name: str = hp("kinetics_sounds", doc="dataset name")
     train_list: str = hp("", doc="train list file, relative to root ('': ks_train_overlap.txt, else my_train.txt)")
     test_list: str = hp("", doc="test list file, relative to root ('': ks_test_overlap.txt, else my_test.txt)")
@@ -130,13 +130,6 @@ class KineticsSoundsConfig(RealDataConfig):
     image_size: int = hp(224, low=1, doc="frames are resized to image_size × image_size (papers: 224)")
     stored_frames: int = hp(10, low=1, doc="K: 1-fps frames stored per clip, evenly spaced (clips give 10)")
     sampled_frames: int = hp(3, low=1, doc="k: frames per clip the model sees (papers: 3)")
-
-    def extra_checks(self) -> list[Problem]:
-        problems = super().extra_checks()
-        if self.sampled_frames > self.stored_frames:
-            problems.append(Problem("sampled_frames", f"must be <= stored_frames, but got sampled_frames="
-                                                      f"{self.sampled_frames} and stored_frames={self.stored_frames}."))
-        return problems
 
 
 @register_dataset

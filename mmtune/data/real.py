@@ -51,7 +51,7 @@ from mmtune.data.base import Batch, MultimodalData
 from mmtune.errors import ConfigError, Problem
 
 __all__ = [
-    "CacheSplit", "Index", "Layout", "Modality", "RealDataConfig", "RealDataset", "Sample",
+    "CacheSplit", "FrameDataConfig", "Index", "Layout", "Modality", "RealDataConfig", "RealDataset", "Sample",
     "REAL_DATASETS", "cache_path", "carve_validation", "load_real", "prepare", "register_dataset", "stratified_split",
 ]
 
@@ -90,6 +90,22 @@ class RealDataConfig(Record):
             return [Problem("root", f"is required for dataset '{self.name}': set dataset.root=DIR (the folder "
                                     "holding the dataset in its reference layout; see the README's Datasets section).")]
         return []
+
+
+@dataclass(frozen=True)
+class FrameDataConfig(RealDataConfig):
+    """A dataset with frame stacks: K frames stored per clip, k of them sampled per item."""
+
+    image_size: int = hp(224, low=1, doc="frames are resized to image_size × image_size (papers: 224)")
+    stored_frames: int = hp(3, low=1, doc="K: frames stored per clip, evenly spaced")
+    sampled_frames: int = hp(1, low=1, doc="k: frames per clip the model sees (random in training, evenly spaced in evaluation)")
+
+    def extra_checks(self) -> list[Problem]:
+        problems = super().extra_checks()
+        if self.sampled_frames > self.stored_frames:
+            problems.append(Problem("sampled_frames", f"must be <= stored_frames, but got sampled_frames="
+                                                      f"{self.sampled_frames} and stored_frames={self.stored_frames}."))
+        return problems
 
 
 @dataclass(frozen=True)

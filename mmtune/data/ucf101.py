@@ -63,7 +63,7 @@ from mmtune.config import hp
 from mmtune.data.errors import CorruptFileError
 from mmtune.data.images import frame_files, list_frames, read_gray, read_image, stored_positions, video_frames
 from mmtune.data.real import (
-    IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, Index, Layout, Modality, RealDataConfig, RealDataset, Sample,
+    IMAGENET_MEAN, IMAGENET_STD, SHOWN_FILES, FrameDataConfig, Index, Layout, Modality, RealDataset, Sample,
     register_dataset,
 )
 from mmtune.errors import ConfigError, Problem
@@ -97,7 +97,7 @@ LAYOUT = """\
 
 
 @dataclass(frozen=True)
-class Ucf101Config(RealDataConfig):
+class Ucf101Config(FrameDataConfig):
     name: str = hp("ucf101", doc="dataset name")
     split: int = hp(1, choices=(1, 2, 3), doc="official split: trainlist0N.txt / testlist0N.txt")
     list_dir: str = hp("", doc="folder of classInd.txt and the lists, relative to root "
@@ -111,13 +111,6 @@ class Ucf101Config(RealDataConfig):
                                            "(random in training, evenly spaced in evaluation)")
     video_fps: float = hp(1.0, low=0.0, low_open=True,
                           doc="frame rate at which RGB frames are taken from videos (papers: 1 fps)")
-
-    def extra_checks(self) -> list[Problem]:
-        problems = super().extra_checks()
-        if self.sampled_frames > self.stored_frames:
-            problems.append(Problem("sampled_frames", f"must be <= stored_frames, but got sampled_frames="
-                                                      f"{self.sampled_frames} and stored_frames={self.stored_frames}."))
-        return problems
 
 
 @register_dataset
