@@ -30,12 +30,14 @@ Kinetics-Sounds: 3 of 10).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -244,7 +246,7 @@ def carve_validation(train: list[Sample], cfg: RealDataConfig) -> tuple[list[Sam
     return [train[i] for i in keep], [train[i] for i in held]
 
 
-class RealDataset:
+class RealDataset(ABC):
     """One real dataset: its config, layout (for messages) and the two functions described above."""
 
     name: ClassVar[str]
@@ -252,12 +254,14 @@ class RealDataset:
     layout: ClassVar[str]  # the expected tree, shown in every error and in the README
 
     @classmethod
+    @abstractmethod
     def index(cls, cfg: Any) -> Index:
-        raise NotImplementedError
+        """Read the layout under ``cfg.root``: samples per split, classes, stored modalities."""
 
     @classmethod
+    @abstractmethod
     def decode(cls, cfg: Any, modality: str, source: Any) -> np.ndarray:
-        raise NotImplementedError
+        """One sample's one modality, as the array the cache stores."""
 
     @classmethod
     def fingerprint(cls, cfg: Any) -> str:
@@ -270,6 +274,9 @@ REAL_DATASETS: dict[str, type[RealDataset]] = {}
 
 
 def register_dataset(cls: type[RealDataset]) -> type[RealDataset]:
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise TypeError(f"dataset '{cls.name}' does not define {', '.join(missing)}")
     if cls.name in REAL_DATASETS:
         raise ValueError(f"dataset '{cls.name}' is registered twice")
     REAL_DATASETS[cls.name] = cls
@@ -521,11 +528,8 @@ def to_float(x: Tensor, spec: Modality) -> Tensor:
     """What the model sees: uint8 scaled to [0, 1] and normalised per channel, floats as float32,
     integer ids unchanged."""
     if x.dtype == torch.uint8:
-        mean, std = spec.normalize or ((0.0,), (1.0,))
-        shape = (-1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(shape) * 255.0
-        inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=x.device).view(shape) * 255.0)
-        return x.float().sub_(mean_t).mul_(inv_std)
+        mean, inv_std = _normalisation(spec.normalize or ((0.0,), (1.0,)), x.device)
+        return x.float().sub_(mean).mul_(inv_std)
     if x.dtype in (torch.float16, torch.float64):
         return x.float()
     return x
@@ -618,6 +622,13 @@ class CacheSplit:
 
     def _to_model(self, m: str, x: Tensor) -> Tensor:
         return to_float(x.to(self.device, non_blocking=True), self.modalities[m])
+
+
+@functools.lru_cache(maxsize=64)
+def _normalisation(normalize: tuple[tuple[float, ...], tuple[float, ...]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(255·mean, 1 / (255·std)) per channel on ``device``, built once (not a host copy per batch)."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) * 255.0 for v in normalize)
+    return mean.to(device), (1.0 / std).to(device)
 
 
 def _frame_choice(count: Tensor, k_max: int, k: int, generator: torch.Generator | None) -> Tensor:

@@ -22,8 +22,9 @@ Weights:
   come from its config; ``hidden_dim`` and ``num_layers`` are ignored. Tokenize with the same folder
   (:func:`mmtune.data.text.load_tokenizer`), or ids will not mean what the weights learnt.
 
-A token id outside ``[0, vocab_size)`` raises a ValueError (checked in ``fold`` before the embedding
-lookup, which on CUDA would fail with a device-side assert). The check costs one host sync per forward.
+A token id outside ``[0, vocab_size)`` raises a ValueError naming the range (checked in ``fold``
+before the embedding lookup). On CUDA the check is an asynchronous device assertion with the same
+message, so it costs no host sync per batch (the error then surfaces at the next synchronisation).
 
 Depth blocks (D = number of encoder layers): block 1 = embeddings + layer 0, block d = layer d - 1.
 Blocks pass one tensor, so the attention mask travels *inside* it::
@@ -143,7 +144,11 @@ class BertEncoder(Encoder):
             raise ValueError(f"encoder 'bert' expected token ids (B, L) with L <= {self.max_len}, got {tuple(x.shape)}")
         # Inside torch.func transforms (AMSS's per-sample vmap) a data-dependent `if` cannot run; those
         # passes re-use a batch that an ordinary forward has already checked.
-        if not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        if x.is_cuda:
+            # No host sync per batch on a GPU: an asynchronous device assertion, raised at the next sync.
+            torch._assert_async(((x >= 0) & (x < self.vocab_size)).all(),
+                                f"token ids must lie in [0, {self.vocab_size}) for encoder 'bert'")
+        elif not torch._C._functorch.is_functorch_wrapped_tensor(x):
             lo, hi = torch.aminmax(x)
             if bool((lo < 0) | (hi >= self.vocab_size)):
                 raise ValueError(f"token ids must lie in [0, {self.vocab_size}) for encoder 'bert', got ids in "

@@ -259,3 +259,20 @@ def test_a_flip_mirrors_frames_and_inverts_the_declared_channels(tmp_path):
     assert np.array_equal(out[1, 0], frames[1, 2])  # not flipped
     with pytest.raises(ValueError, match="1..K frames"):
         Modality((3, 2, 2, 3), "uint8", frames=4)
+
+
+def test_a_dataset_without_index_or_decode_is_refused_at_registration():
+    from mmtune.data.real import register_dataset
+
+    class Half(RealDataset):
+        name = "half"
+        Config = ToyConfig
+        layout = ""
+
+        @classmethod
+        def index(cls, cfg):
+            return Index({}, [], {})
+
+    with pytest.raises(TypeError, match="does not define decode"):
+        register_dataset(Half)
+    assert "half" not in REAL_DATASETS
