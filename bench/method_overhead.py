@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_device_arg, console, device_label, emit_json, median, parse_entry, pick_device  # noqa: E402
 
 def trial_config(name: str, params: dict[str, Any], args: argparse.Namespace, device: str) -> dict[str, Any]:
-    dataset: dict[str, Any] = {"n_train": args.n_train}
+    # Evaluation is not timed; a small validation/test split keeps big-input runs short.
+    dataset: dict[str, Any] = {"n_train": args.n_train, "n_val": args.n_eval, "n_test": args.n_eval}
     if args.backbone in ("cnn", "resnet18"):
         dataset.update(shape="shaped", image_size=args.image_size)
     return {
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="mlp", choices=("mlp", "cnn", "resnet18", "transformer"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n-train", type=int, default=2000)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=32, help="F = T = H = W of shaped inputs (cnn, resnet18)")
+    parser.add_argument("--n-eval", type=int, default=500, help="validation and test samples (evaluation is not timed)")
     parser.add_argument("--epochs", type=int, default=8, help="measured epochs per method")
     parser.add_argument("--warmup", type=int, default=2, help="discarded epochs per method")
     parser.add_argument("--json", action="store_true", help="last stdout line: {method: ratio}")

@@ -58,7 +58,7 @@ class OPMConfig(DiscrepancyConfig):
 def drop_probability(rho: Tensor, q_base: float, lam: float, *, z: str = "tanh") -> Tensor:
     """Eq. 8: q^m = min(1, q_base·(1 + λ·z(ρ^m))) where ρ^m > 1, else 0."""
     q = (q_base * (1.0 + lam * z_function(rho, z))).clamp(0.0, 1.0)
-    return torch.where(rho > 1.0, q, torch.zeros_like(rho))
+    return torch.where(rho > 1.0, q, 0.0)
 
 
 def sample_keep_masks(q: Tensor, batch_size: int, generator: torch.Generator) -> Tensor:

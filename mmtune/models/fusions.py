@@ -91,6 +91,7 @@ class ConcatFusion(Fusion):
     def __init__(self, feature_dims: dict[str, int], num_classes: int):
         super().__init__(feature_dims, num_classes)
         self.fc = nn.Linear(sum(feature_dims.values()), num_classes)
+        self._gamma_cache: dict[tuple, Tensor] = {}
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         return self.fc(torch.cat([features[m] for m in self.modalities], dim=1))
@@ -110,10 +111,14 @@ class ConcatFusion(Fusion):
             return super().stacked_components(features, bias_split)
         # Equal feature widths: all M components in one batched matmul, (M, B, d) @ (M, d, C) + γ^m·b.
         n, d, c = len(self.modalities), dims.pop(), self.num_classes
-        gamma = bias_split if bias_split is not None else [1.0 / n] * n
-        gamma_t = torch.as_tensor(gamma, dtype=self.fc.bias.dtype, device=self.fc.bias.device).view(n, 1, 1)
+        gamma = tuple(bias_split) if bias_split is not None else (1.0 / n,) * n
+        bias = self.fc.bias
+        key = (gamma, bias.dtype, bias.device)
+        gamma_t = self._gamma_cache.get(key)
+        if gamma_t is None:  # built once per split and device: no host-to-device copy per step
+            gamma_t = self._gamma_cache[key] = torch.tensor(gamma, dtype=bias.dtype, device=bias.device).view(n, 1, 1)
         stacked = torch.stack([features[m] for m in self.modalities])
-        return torch.baddbmm(gamma_t * self.fc.bias, stacked, self.fc.weight.view(c, n, d).permute(1, 2, 0))
+        return torch.baddbmm(gamma_t * bias, stacked, self.fc.weight.view(c, n, d).permute(1, 2, 0))
 
 
 @register_fusion("sum")

@@ -51,10 +51,16 @@ def test_boost_enlarges_only_the_weak_modality():
 
 def test_ge_noise_has_the_per_tensor_std():
     g = torch.Generator().manual_seed(0)
-    grad = torch.randn(200_000, generator=g) * 0.3 + 1.0
-    (noise,) = generalisation_noise([grad], torch.Generator().manual_seed(1))
-    assert noise.std().item() == pytest.approx(grad.std().item(), rel=0.01)
-    assert abs(noise.mean().item()) < 0.01
+    grads = [torch.randn(200_000, generator=g) * 0.3 + 1.0, torch.randn(400, 500, generator=g) * 2.0]
+    buffer = torch.empty(500_000)
+    for seed in (1, 2):  # the buffer is reused: fresh noise each call, views of the same storage
+        noise = generalisation_noise(grads, torch.Generator().manual_seed(seed), buffer)
+        for n, grad in zip(noise, grads, strict=True):
+            assert n.shape == grad.shape and n.data_ptr() >= buffer.data_ptr()
+            assert n.std().item() == pytest.approx(grad.std().item(), rel=0.01)
+            assert abs(n.mean().item()) < 0.01 * grad.std().item() * 3
+    (alone,) = generalisation_noise(grads[:1], torch.Generator().manual_seed(1))  # no buffer: allocated
+    assert alone.std().item() == pytest.approx(grads[0].std().item(), rel=0.01)
 
 
 def forward_backward(trial: Trial):
