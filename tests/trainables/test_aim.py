@@ -323,6 +323,29 @@ def test_dam_switch_sets_only_alpha_to_one(monkeypatch):
     assert ablated.method.traces.compute()["alpha/d1"] == traced["alpha/d1"]  # α_d still measured and traced
 
 
+@pytest.mark.parametrize("epoch", [1, 2])  # start_epoch 2: epoch 1 is the warm-up (θ_g blocks), 2 modulates
+def test_aux_fraction_runs_auxiliary_blocks_on_a_shared_subset(monkeypatch, epoch):
+    """aux_fraction=0.25: Ẽ (or θ_g) blocks see ⌈B/4⌉ samples, the same ones at every block and
+    modality; the original blocks are still scored on the whole batch."""
+    sizes: dict[str, list[int]] = {"part": [], "all": []}
+    for key, fraction in (("part", 0.25), ("all", 1.0)):
+        trial = aim_trial({"start_epoch": 2, "aux_fraction": fraction})
+        real = trial.method._run_block
+        monkeypatch.setattr(trial.method, "_run_block", lambda i, d, p, x, real=real, key=key: sizes[key].append(len(x)) or real(i, d, p, x))
+        scored = spy_on(monkeypatch, "score_and_loss")
+        draws = []
+        subset = trial.method._subset
+        monkeypatch.setattr(trial.method, "_subset", lambda n, ctx, subset=subset: draws.append(r := subset(n, ctx)) or r)
+        out, batch, ctx, loss = forward(trial, epoch)
+        assert len(draws) == 1  # one draw shared by every block and modality
+        assert (draws[0][0] is None) == (key == "all")
+        n = len(batch)
+        assert loss is not None and torch.isfinite(loss)
+    blocks = len(trial.method._order)
+    assert sizes == {"part": [math.ceil(n / 4)] * blocks, "all": [n] * blocks}
+    assert [logits.shape[1] for logits, _ in scored][:1] == [n]  # originals: whole batch
+
+
 def test_label_switch_scores_blocks_with_the_classifier():
     trial = aim_trial({"start_epoch": 1, "prototypes": "label"})
     out, batch, _, loss = forward(trial, 1)
