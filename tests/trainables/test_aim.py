@@ -323,6 +323,12 @@ def test_dam_switch_sets_only_alpha_to_one(monkeypatch):
     assert ablated.method.traces.compute()["alpha/d1"] == traced["alpha/d1"]  # α_d still measured and traced
 
 
+def test_sample_rows_keeps_every_frame_of_the_chosen_samples():
+    x = torch.arange(4 * 3).view(4 * 3, 1)  # 4 samples × 3 frames folded sample-major
+    assert aim._sample_rows(x, torch.tensor([2, 0]), 4).view(-1).tolist() == [6, 7, 8, 0, 1, 2]
+    assert aim._sample_rows(torch.arange(4), torch.tensor([3, 1]), 4).tolist() == [3, 1]
+
+
 @pytest.mark.parametrize("epoch", [1, 2])  # start_epoch 2: epoch 1 is the warm-up (θ_g blocks), 2 modulates
 def test_aux_fraction_runs_auxiliary_blocks_on_a_shared_subset(monkeypatch, epoch):
     """aux_fraction=0.25: Ẽ (or θ_g) blocks see ⌈B/4⌉ samples, the same ones at every block and
