@@ -21,6 +21,7 @@ epoch on ties). Test metrics are reported every epoch and never select anything.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -189,9 +190,13 @@ class Trial:
         values = torch.stack([device_metrics[k].float().reshape(()) for k in keys]).cpu().tolist()
         metrics: dict[str, float] = {"epoch": self.epoch, **dict(zip(keys, values, strict=True)), **traces}
         if not math.isfinite(metrics["train_loss"]):
+            # A method's own learning rates (e.g. AIM's dap_lr) can diverge too: name them as well.
+            own = [f"params.{f.name} ({getattr(self.method.config, f.name)})"
+                   for f in dataclasses.fields(self.method.config) if f.name.endswith("_lr")]
+            also = f", or the method's {', '.join(own)}" if own else ""
             raise FloatingPointError(
                 f"train_loss is {metrics['train_loss']} at epoch {self.epoch} (method {self.spec.method}, "
-                f"lr {t.lr}): training diverged. Lower train.lr or set train.grad_clip."
+                f"lr {t.lr}): training diverged. Lower train.lr or set train.grad_clip{also}."
             )
         metrics["epoch_s"] = time.perf_counter() - start
         metrics["samples_per_s"] = stats.samples / max(train_s, 1e-9)

@@ -440,3 +440,10 @@ def test_save_restore_continue_equals_uninterrupted(params):
 def test_unequal_depths_are_a_config_error():
     with pytest.raises(ConfigError, match="same number of depth blocks"):
         aim_trial({}, dataset=SHAPED, model={"backbone": "cnn", "backbones": {"video": "resnet18"}})
+
+
+def test_divergence_names_the_methods_own_learning_rate():
+    trial = aim_trial({"start_epoch": 1, "dap_lr": 1.0e6})
+    with pytest.raises(FloatingPointError, match=r"Lower train.lr .*params.dap_lr \(1000000.0\)"):
+        for _ in range(3):
+            trial.step()
