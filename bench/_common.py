@@ -26,6 +26,7 @@ __all__ = [
     "median",
     "parse_entry",
     "pick_device",
+    "quartiles",
     "sync",
     "timed",
 ]
@@ -79,6 +80,15 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile (inclusive method; a single value is all three)."""
+    values = sorted(float(v) for v in values)
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -6,6 +6,11 @@ first ``--warmup`` epochs are discarded. The time measured is the training part 
 steps plus the method's per-epoch hooks), as ``Trial.step`` reports it through ``samples_per_s``;
 evaluation is identical for every method and left out.
 
+The ratio reported is *paired*: each round's method epoch over the joint epoch of the same round,
+then the median over rounds, with the rounds' interquartile range beside it. On a shared machine,
+whose speed drifts by tens of percent over minutes, pairing cancels the drift that a ratio of
+medians keeps; the ratio of medians is shown too.
+
 Method entries: a registered name or composition (``ogm``, ``opm+ogm``), optionally with
 hyperparameters after colons (``ogm:ge=true:alpha=0.5``), or an alias: ``ogm-ge`` (ogm ge=true),
 ``amss+`` (amss plus=true).
@@ -23,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_device_arg, console, device_label, emit_json, median, parse_entry, pick_device  # noqa: E402
+from _common import add_device_arg, console, device_label, emit_json, median, parse_entry, quartiles, pick_device  # noqa: E402
 
 def trial_config(name: str, params: dict[str, Any], args: argparse.Namespace, device: str) -> dict[str, Any]:
     # Evaluation is not timed; a small validation/test split keeps big-input runs short.
@@ -78,16 +83,24 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[entry].append(args.n_train / metrics["samples_per_s"])
 
     base = median(seconds["joint"])
-    ratios = {e: median(seconds[e]) / base for e in entries if e != "joint"}
+    paired = {e: [t / j for t, j in zip(seconds[e], seconds["joint"], strict=True)] for e in entries if e != "joint"}
+    ratios = {e: median(r) for e, r in paired.items()}
     out = console(args.json)
-    table = Table(title=f"training-epoch time vs joint · {args.backbone} · batch {args.batch_size} · {device_label(device)}")
-    for col in ("method", "median epoch (s)", "min (s)", "ratio vs joint"):
+    size = f" · {args.image_size}×{args.image_size}" if args.backbone in ("cnn", "resnet18") else ""
+    table = Table(title=f"training-epoch time vs joint · {args.backbone}{size} · batch {args.batch_size} · "
+                        f"{device_label(device)}")
+    for col in ("method", "median epoch (s)", "min (s)", "ratio vs joint (paired)", "IQR over rounds", "ratio of medians"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for entry in entries:
-        ratio = "1.000" if entry == "joint" else f"{ratios[entry]:.3f}"
-        table.add_row(entry, f"{median(seconds[entry]):.4f}", f"{min(seconds[entry]):.4f}", ratio)
+        if entry == "joint":
+            table.add_row(entry, f"{base:.4f}", f"{min(seconds[entry]):.4f}", "1.000", "", "1.000")
+            continue
+        q1, _, q3 = quartiles(paired[entry])
+        table.add_row(entry, f"{median(seconds[entry]):.4f}", f"{min(seconds[entry]):.4f}", f"{ratios[entry]:.3f}",
+                      f"{q1:.3f}–{q3:.3f}", f"{median(seconds[entry]) / base:.3f}")
     out.print(table)
-    out.print(f"{args.epochs} measured epochs per method after {args.warmup} warm-up, interleaved; median ratio.")
+    out.print(f"{args.epochs} measured rounds after {args.warmup} warm-up, interleaved; paired ratio = median over "
+              "rounds of (method epoch / joint epoch of the same round).")
     if args.json:
         emit_json(ratios)
     return 0
