@@ -15,6 +15,7 @@ positive means the modality is learnt worse inside the joint model than alone �
     python bench/imbalance.py                               # markdown tables
     python bench/imbalance.py --json                        # last stdout line: one JSON object
     python bench/imbalance.py --seeds 3 dataset.dominance=3 # dataset (model., train.) overrides
+    python bench/imbalance.py --methods aim train.probe=true # + each encoder's linear-probe accuracy
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def run_joint(config: dict[str, Any], seed: int, method: str = "joint", params: 
                 best[f"val_acc/{m}"] = metrics[f"val_acc/{m}"]
                 best[f"test_acc/{m}"] = metrics[f"test_acc/{m}"]
                 best[f"imbalance/{m}"] = metrics[f"imbalance/{m}"]
+                for key in (f"val_probe/{m}", f"test_probe/{m}"):  # with train.probe=true
+                    if key in metrics:
+                        best[key] = metrics[key]
     # Our tracking and the Trial's own model selection must agree.
     assert best["best_epoch"] == int(metrics["best_epoch"]), (best, metrics["best_epoch"])
     assert best["test_acc_at_best_val"] == metrics["test_acc_at_best_val"]
@@ -163,20 +167,25 @@ def markdown(summary: dict[str, dict[str, float]], mods: list[str], header: str)
 
 
 def methods_markdown(per_seed: list[dict[str, Any]], methods: list[str], mods: list[str]) -> str:
-    """Each method vs joint: test acc and each modality's test acc inside the model, at best val;
-    Δ = method − joint paired by seed (mean ± std, n)."""
+    """Each method vs joint: test acc and each modality's test acc inside the model (and its linear
+    probe's with train.probe=true), at best val; Δ = method − joint paired by seed (mean ± std, n)."""
     def cell(values: list[float]) -> str:
         mean, std = mean_std(values)
         return f"{mean:.3f} ± {std:.3f}" if std == std else f"{mean:.3f}"
 
-    head = ["method", "test acc", *(f"{m} acc in model" for m in mods), *(f"Δ {m} vs joint" for m in mods), "n"]
+    keys = [f"test_acc/{m}" for m in mods]
+    names = [f"{m} acc in model" for m in mods]
+    if f"test_probe/{mods[0]}" in per_seed[0]["joint"]:  # train.probe=true: the linear probes too
+        keys += [f"test_probe/{m}" for m in mods]
+        names += [f"{m} probe" for m in mods]
+    head = ["method", "test acc", *names, *(f"Δ {n.replace(' acc in model', '')} vs joint" for n in names), "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in ["joint", *methods]:
         runs = [row["joint"] if entry == "joint" else row["methods"][entry] for row in per_seed]
         cells = [entry, cell([r["test_acc_at_best_val"] for r in runs])]
-        cells += [cell([r[f"test_acc/{m}"] for r in runs]) for m in mods]
-        cells += ["—" if entry == "joint" else cell([r[f"test_acc/{m}"] - row["joint"][f"test_acc/{m}"]
-                                                     for r, row in zip(runs, per_seed, strict=True)]) for m in mods]
+        cells += [cell([r[k] for r in runs]) for k in keys]
+        cells += ["—" if entry == "joint" else cell([r[k] - row["joint"][k] for r, row in zip(runs, per_seed, strict=True)])
+                  for k in keys]
         lines.append("| " + " | ".join(cells + [str(len(runs))]) + " |")
     return "\n".join(lines)
 

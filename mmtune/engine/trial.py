@@ -35,6 +35,7 @@ from mmtune.data import build_dataset, dataset_config
 from mmtune.engine.loop import evaluate, train_epoch
 from mmtune.engine.method import BalancingMethod, MethodConfig, StepContext
 from mmtune.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
+from mmtune.engine.probe import probe_metrics
 from mmtune.errors import ConfigError, Problem
 from mmtune.models import ModelConfig, build_model
 
@@ -57,6 +58,8 @@ class TrainConfig(Record):
     lr_step: int | None = hp(None, low=1, doc="decay the LR every lr_step epochs (null: constant)")
     lr_gamma: float = hp(0.1, low=0.0, low_open=True, high=1.0, doc="LR decay factor")
     grad_clip: float | None = hp(None, low=0.0, low_open=True, doc="clip the gradient norm (null: off)")
+    probe: bool = hp(False, doc="also report val_probe/<m>, test_probe/<m>: a linear probe per frozen encoder "
+                                "(one extra pass over the training split per epoch)")
     device: str = hp("auto", choices=("auto", "cpu", "cuda"), doc="auto = cuda when available")
 
 
@@ -185,6 +188,9 @@ class Trial:
         device_metrics = {"train_loss": train_loss}
         device_metrics.update(evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, prefix="val"))
         device_metrics.update(evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, prefix="test", imbalance=False))
+        if t.probe:
+            device_metrics.update(probe_metrics(self.model, self.data.train, {"val": self.data.val, "test": self.data.test},
+                                                batch_size=t.eval_batch_size))
         # One host sync for the whole epoch's metrics.
         keys = list(device_metrics)
         values = torch.stack([device_metrics[k].float().reshape(()) for k in keys]).cpu().tolist()
