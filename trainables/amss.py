@@ -89,9 +89,11 @@ What runs (every choice is a hyperparameter, so one sweep can grid over them):
   (``'layer' in name and 'conv' in name``, 4-D). That code also builds masks for the concat
   classifier (``mask_ffn``) but never applies them, so its runs mask the backbone only.
   ``classifier``: the weight matrices of modality k's own head, ``model.fusion.owned_parameters(m)``
-  (late fusion). ``both``: the union. Under concat fusion the classifier part of modality k is the
-  column block of the shared head acting on φ^k; the model exposes no interface for it yet, so
-  ``classifier``/``both`` raise a ConfigError there (and for every fusion without per-modality heads).
+  (late fusion), or under concat fusion modality k's column block W^k of the shared head (the
+  columns acting on φ^k, ``model.fusion.owned_columns(m)``), its units the class rows of that block
+  (App. C.2's "output rows", restricted to W^k); the shared bias belongs to no subnetwork and is never
+  masked. ``both``: the union. Fusions with neither (sum, FiLM, gated) refuse ``classifier``/``both``
+  with a ConfigError.
 * The window ``start_epoch``/``end_epoch`` (the loop calls the hook only inside it).
 
 Traces: ``trace/xi/<m>`` (ξ^(k) of the batch), ``trace/u/<m>`` (u^(k) after the update),
@@ -246,6 +248,13 @@ class MaskPiece:
     shape: tuple[int, ...]  # view of the (squared) gradient
     reduce: tuple[int, ...]  # axes summed to get one Fisher value per unit (empty: elements)
     mask_shape: tuple[int, ...]  # the (C,) unit mask viewed to broadcast over ``shape``
+    columns: tuple[int, int] | None = None  # only param[:, start:stop] (a modality's block of a shared head)
+
+    def of(self, tensor: Tensor) -> Tensor:
+        """This piece of a gradient-shaped tensor, as ``shape`` (a strided view for column blocks)."""
+        if self.columns is not None:
+            return tensor[:, self.columns[0]: self.columns[1]]
+        return tensor if tensor.shape == self.shape else tensor.view(self.shape)
 
 
 @dataclass(frozen=True)
@@ -318,6 +327,14 @@ def _module_layers(module: nn.Module, modality: int, unit: str) -> list[MaskLaye
     return [_param_layer(module.weight, modality, unit, "channels" if isinstance(module, _CONVS) else "rows")]
 
 
+def _column_layer(param: nn.Parameter, start: int, stop: int, modality: int, unit: str) -> MaskLayer:
+    """Columns [start, stop) of a shared (out, in) weight: ``out`` row units, or its elements."""
+    out, width = param.shape[0], stop - start
+    if unit == "element":
+        return MaskLayer(modality, out * width, "elements", (MaskPiece(param, (out, width), (), (out, width), (start, stop)),))
+    return MaskLayer(modality, out, "rows", (MaskPiece(param, (out, width), (1,), (out, 1), (start, stop)),))
+
+
 def _param_layer(param: nn.Parameter, modality: int, unit: str, kind: str) -> MaskLayer:
     if unit == "element":
         return MaskLayer(modality, param.numel(), "elements", (_elements(param),))
@@ -335,12 +352,15 @@ def mask_layers(model: MultimodalModel, modalities: Sequence[str], *, scope: str
         if scope in ("classifier", "both"):
             # A head's weight matrices: output rows are classes (Linear convention); biases excluded.
             layers.extend(_param_layer(p, k, unit, "rows") for p in model.fusion.owned_parameters(m) if p.dim() >= 2)
-    seen: set[int] = set()
+            # Concat: modality k's column block W^k of the shared head, its rows the units.
+            layers.extend(_column_layer(p, start, stop, k, unit) for p, start, stop in model.fusion.owned_columns(m))
+    seen: set[tuple[int, tuple[int, int] | None]] = set()
     unique = []
     for layer in layers:  # a parameter shared by two modules is masked once
-        if not any(id(piece.param) in seen for piece in layer.pieces):
+        keys = {(id(piece.param), piece.columns) for piece in layer.pieces}
+        if not keys & seen:
             unique.append(layer)
-            seen.update(id(piece.param) for piece in layer.pieces)
+            seen.update(keys)
     return unique
 
 
@@ -348,8 +368,8 @@ def unit_fisher(layer: MaskLayer, squared: Sequence[Tensor]) -> Tensor:
     """Σ of the diagonal Fisher over each of the layer's C_l units; ``squared`` holds one tensor per piece."""
     total = None
     for piece, sq in zip(layer.pieces, squared, strict=True):
-        per_unit = sq if sq.shape == piece.shape else sq.reshape(piece.shape)
-        per_unit = per_unit.sum(piece.reduce) if piece.reduce else per_unit
+        per_unit = piece.of(sq) if piece.columns is not None or sq.shape == piece.shape else sq.reshape(piece.shape)
+        per_unit = per_unit.sum(piece.reduce) if piece.reduce else per_unit.reshape(-1)
         total = per_unit if total is None else total + per_unit
     return total
 
@@ -485,13 +505,14 @@ class AMSS(BalancingMethod):
     def bind(self, model: MultimodalModel) -> None:
         cfg: AMSSConfig = self.config
         if cfg.mask_scope != "backbone":
-            headless = [m for m in self.modalities if not model.fusion.owned_parameters(m)]
+            headless = [m for m in self.modalities
+                        if not model.fusion.owned_parameters(m) and not model.fusion.owned_columns(m)]
             if headless:
                 raise ConfigError([Problem("params.mask_scope", (
                     f"is '{cfg.mask_scope}', but fusion '{model.fusion.name}' gives modalities {headless} no "
-                    "classifier of their own (Fusion.owned_parameters). Use model.fusion=late, or "
-                    "mask_scope=backbone; masking modality k's column block of a shared concat head needs a "
-                    "model interface that does not exist yet."))])
+                    "classifier part of their own (neither a head, Fusion.owned_parameters, nor a column block "
+                    "of a shared head, Fusion.owned_columns). Use model.fusion=concat or late, or "
+                    "mask_scope=backbone."))])
         layers = mask_layers(model, self.modalities, scope=cfg.mask_scope, unit=cfg.mask_unit)
         empty = [m for k, m in enumerate(self.modalities) if not any(layer.modality == k for layer in layers)]
         if empty:
@@ -569,7 +590,7 @@ class AMSS(BalancingMethod):
                     for piece in layer.pieces:
                         g = grads[id(piece.param)]
                         if g is not None:
-                            targets.append(g if g.shape == piece.shape else g.view(piece.shape))
+                            targets.append(piece.of(g))
                             factors.append(row.view(piece.mask_shape))
             if targets:
                 torch._foreach_mul_(targets, factors)
@@ -580,7 +601,7 @@ class AMSS(BalancingMethod):
     @staticmethod
     def _squared(squared: dict[int, Tensor], piece: MaskPiece) -> Tensor:
         sq = squared.get(id(piece.param))
-        return sq if sq is not None else torch.zeros(piece.shape, device=piece.param.device)
+        return sq if sq is not None else torch.zeros(piece.param.shape, device=piece.param.device)
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

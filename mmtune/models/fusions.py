@@ -83,6 +83,11 @@ class Fusion(nn.Module, ABC):
         """Fusion parameters that belong to one modality's subnetwork (its own head under late fusion)."""
         return []
 
+    def owned_columns(self, modality: str) -> list[tuple[nn.Parameter, int, int]]:
+        """Column blocks ``weight[:, start:stop]`` of shared weight matrices that act on this modality's
+        feature alone (the concat head's W^m): its part of a head it shares with the others."""
+        return []
+
 
 @register_fusion("concat")
 class ConcatFusion(Fusion):
@@ -119,6 +124,10 @@ class ConcatFusion(Fusion):
             gamma_t = self._gamma_cache[key] = torch.tensor(gamma, dtype=bias.dtype, device=bias.device).view(n, 1, 1)
         stacked = torch.stack([features[m] for m in self.modalities])
         return torch.baddbmm(gamma_t * bias, stacked, self.fc.weight.view(c, n, d).permute(1, 2, 0))
+
+    def owned_columns(self, modality: str) -> list[tuple[nn.Parameter, int, int]]:
+        start = sum(self.feature_dims[m] for m in self.modalities[: self.modalities.index(modality)])
+        return [(self.fc.weight, start, start + self.feature_dims[modality])]
 
 
 @register_fusion("sum")

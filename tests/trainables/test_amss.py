@@ -363,9 +363,35 @@ def test_scopes_touch_exactly_their_parameters(scope):
     assert set(masked_names(trial)) == expected
 
 
-def test_classifier_scope_needs_per_modality_heads():
+@pytest.mark.parametrize("scope", ["classifier", "both"])
+def test_concat_classifier_scope_masks_each_modalitys_column_block_by_class_rows(monkeypatch, scope):
+    trial = build({"mask_scope": scope})  # the default fusion: concat, one head shared by all
+    out, batch, ctx = forward_backward(trial)
+    before = grads(trial.model)
+    masks = Spy(monkeypatch, "sample_mask")
+    trial.method.modulate_gradients(trial.model, out, batch, ctx)
+    after = grads(trial.model)
+    fusion = trial.model.fusion
+    head_layers = [(g_i, r, layer) for g_i, g in enumerate(trial.method.groups) for r, layer in enumerate(g.layers)
+                   if layer.pieces[0].param is fusion.fc.weight]
+    assert sorted(layer.modality for _, _, layer in head_layers) == list(range(len(trial.modalities)))
+    expected = before["fusion.fc.weight"].clone()
+    for g_i, r, layer in head_layers:
+        (start, stop), row = layer.pieces[0].columns, masks.calls[g_i][1][r]
+        m = trial.modalities[layer.modality]
+        assert (start, stop) == fusion.owned_columns(m)[0][1:]
+        assert layer.units == trial.data.num_classes and row.sum() == math.ceil(
+            trial.method.traces.compute()[f"p/{m}"] * layer.units - 1e-6)
+        expected[:, start:stop] *= row.unsqueeze(1)
+    assert torch.equal(after["fusion.fc.weight"], expected)
+    assert torch.equal(after["fusion.fc.bias"], before["fusion.fc.bias"])  # shared: nobody's subnetwork
+    encoders_changed = any(not torch.equal(before[n], after[n]) for n in before if n.startswith("encoders."))
+    assert encoders_changed == (scope == "both")
+
+
+def test_classifier_scope_needs_a_classifier_part_per_modality():
     with pytest.raises(ConfigError, match="mask_scope"):
-        build({"mask_scope": "classifier"})  # concat: no interface for W^k's columns yet
+        build({"mask_scope": "classifier"}, model={"fusion": "sum"})  # shared per-modality sums: no owned part
 
 
 def test_config_rejects_inverted_clamp_range():
