@@ -178,6 +178,10 @@ def test_dap_losses_by_hand():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.e / (1 + math.e))) / 2
     assert dap_classification_loss(logits).item() == pytest.approx(expected)  # Eq. 3
+    # Per modality (reading 12): (M, K, K) logits give the mean of each modality's Eq. 3.
+    other = torch.tensor([[0.0, 3.0], [0.0, 0.0]])
+    other_loss = (-math.log(1 / (1 + math.exp(3))) + math.log(2)) / 2
+    assert dap_classification_loss(torch.stack([logits, other])).item() == pytest.approx((expected + other_loss) / 2)
     decoded = [torch.tensor([[1.0, 1.0], [0.0, 0.0]]), torch.tensor([[0.0], [2.0]])]
     means = [torch.tensor([[0.0, 1.0], [5.0, 5.0]]), torch.tensor([[1.0], [0.0]])]
     present = [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])]  # class 1 of modality 0 not seen yet
@@ -257,6 +261,24 @@ def test_dap_update_leaves_the_framework_untouched():
     assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
     assert all(not torch.equal(dap.prototypes, p0) for dap, p0 in zip(method._dap, prototypes, strict=True))
     assert all(p.grad is None for p in method._dap_params)
+
+
+@pytest.mark.parametrize("dap_cls", ["modality", "joint"])
+def test_dap_cls_classifies_the_prototypes_per_modality_or_fused(monkeypatch, dap_cls):
+    trial = aim_trial({"start_epoch": 1, "dap_cls": dap_cls})
+    seen = []
+    real = aim.dap_classification_loss
+    monkeypatch.setattr(aim, "dap_classification_loss", lambda logits: seen.append(logits.detach()) or real(logits))
+    forward(trial, 1)
+    method, model = trial.method, trial.model
+    with torch.no_grad():
+        model.eval()
+        out = model({m: dap.prototypes for m, dap in zip(method.modalities, method._dap, strict=True)})
+        expected = out.logits if dap_cls == "joint" else model.stacked_unimodal_logits(out.features)
+    (logits,) = seen
+    k = trial.data.num_classes
+    assert logits.shape == ((k, k) if dap_cls == "joint" else (len(method.modalities), k, k))
+    torch.testing.assert_close(logits, expected)
 
 
 def test_warmup_keeps_the_framework_on_the_joint_trajectory():
