@@ -141,7 +141,7 @@ _SHORT = {"epoch": "ep", "train_loss": "loss", "val_acc": "val", "test_acc": "te
 def _short(key: str) -> str:
     """Compact column headers so the live table fits an 80-column terminal."""
     key = _SHORT.get(key, key)
-    return key.replace("val_acc/", "val/").replace("imbalance/", "ρ/").replace("trace/", "")
+    return key.replace("val_acc/", "val/").replace("val_probe/", "probe/").replace("imbalance/", "ρ/").replace("trace/", "")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -158,6 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     mods = trial.modalities
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title=f"mmtune run {spec.method} · {spec.dataset.name} · {spec.model.backbone}/{spec.model.fusion} · seed {spec.seed}")
     columns = ["epoch", "train_loss", "val_acc", *(f"val_acc/{m}" for m in mods)]
+    columns += [f"val_probe/{m}" for m in mods] if spec.train.probe else []
     columns += [f"imbalance/{m}" for m in mods if len(mods) > 1] + ["test_acc", "best_val_acc", "epoch_s"]
     for c in columns:
         table.add_column(_short(c), justify="right")
@@ -183,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ("test_macro_f1_at_best_val", metrics["test_macro_f1_at_best_val"]),
         ("test_map_at_best_val", metrics["test_map_at_best_val"]),
         *((f"final val_acc/{m}", metrics[f"val_acc/{m}"]) for m in mods),
+        *((f"final val_probe/{m}", metrics[f"val_probe/{m}"]) for m in mods if spec.train.probe),
         *((f"final imbalance/{m}", metrics[f"imbalance/{m}"]) for m in mods if len(mods) > 1),
         ("wall time (s)", total),
         ("device", str(trial.device)),
