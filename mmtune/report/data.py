@@ -246,14 +246,16 @@ def trial_outcomes(data: SweepData, column: str) -> pd.DataFrame:
     """One row per trial: status and seed, the best epoch by ``column`` and every metric there.
 
     Columns: ``trial_id, seed, status, epochs_run, max_epochs, error, best_epoch, last_epoch`` +
-    ``<metric>`` at the best epoch for val/test acc, macro-F1, mAP and per-modality accuracy +
+    ``<metric>`` at the best epoch for val/test acc, macro-F1, mAP and per-modality accuracy (and
+    linear-probe accuracy, with train.probe=true) +
     ``imbalance/<m>`` at the last epoch + ``max_test_acc`` (the paper protocol) + ``objective`` (the
     sweep's search metric at the last epoch: what Optuna was told).
     """
     trials, epochs = data.trials, data.epochs
     mods = modalities(epochs)
     at_best = [*_PER_EPOCH_AT_BEST, *(f"val_acc/{m}" for m in mods),
-               *(f"test_acc/{m}" for m in mods if f"test_acc/{m}" in epochs.columns)]
+               *(f"{k}/{m}" for k in ("test_acc", "val_probe", "test_probe") for m in mods
+                 if f"{k}/{m}" in epochs.columns)]
     at_last = [c for c in epochs.columns if c.startswith("imbalance/")]
     out = trials[["trial_id", "seed", "status", "epochs_run", "max_epochs", "error"]].copy()
     out = out.astype({"trial_id": object, "status": object, "error": object})

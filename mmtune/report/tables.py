@@ -220,10 +220,12 @@ def _interval_text(d: PairedDifference) -> str:
 # -------------------------------------------------------------------------------------- modalities
 def modality_table(variants: Sequence[Variant], axes: Sequence[str], mods: Sequence[str],
                    available: Sequence[str]) -> Table:
-    """Per modality: val/test accuracy of its own prediction at the best-validation epoch, and ρ^m at the last epoch."""
+    """Per modality: val/test accuracy of its own prediction (and of its linear probe, with
+    train.probe=true) at the best-validation epoch, and ρ^m at the last epoch."""
     keys: list[tuple[str, str]] = []
     for m in mods:
         for key, head in ((f"val_acc/{m}", f"val acc {m}"), (f"test_acc/{m}", f"test acc {m}"),
+                          (f"val_probe/{m}", f"val probe {m}"), (f"test_probe/{m}", f"test probe {m}"),
                           (f"imbalance/{m}", f"ρ {m} (final)")):
             if key in available:
                 keys.append((key, head))

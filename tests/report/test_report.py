@@ -51,6 +51,7 @@ def _epoch_rows(sweep, trial_id, label, alpha, seed_index):
             "val_acc": v + dv, "val_macro_f1": v - 0.1 + df1, "val_map": v + 0.05,
             "test_acc": t + dt, "test_macro_f1": t - 0.05 + dt, "test_map": t + 0.02 + dt,
             "val_acc/audio": 0.5 + 0.01 * epoch, "val_acc/video": 0.3, "test_acc/audio": 0.45, "test_acc/video": 0.25,
+            "val_probe/audio": 0.6 + 0.01 * epoch, "val_probe/video": 0.4, "test_probe/audio": 0.55, "test_probe/video": 0.35,
             "imbalance/audio": rho if epoch == 3 else 1.0, "imbalance/video": 1.0 / rho if epoch == 3 else 1.0,
             "epoch_s": 0.5, "samples_per_s": 1000.0, "train_loss": 1.0 / epoch,
         }
@@ -272,6 +273,9 @@ def test_per_modality_table_reads_final_rho_and_unimodal_acc_at_best_epoch(golde
     assert joint[header.index("ρ audio (final)")] == "1.400 ± 0.200 (3)"
     assert joint[header.index("val acc audio")] == "0.520 ± 0.000 (3)"  # epoch 2 of 0.5 + 0.01·epoch
     assert joint[header.index("test acc video")] == "0.250 ± 0.000 (3)"
+    # train.probe=true columns: the linear probes, at the best-validation epoch too
+    assert joint[header.index("val probe audio")] == "0.620 ± 0.000 (3)"
+    assert joint[header.index("test probe video")] == "0.350 ± 0.000 (3)"
 
 
 def test_header_and_provenance(golden):
