@@ -52,8 +52,9 @@ What runs (every choice is a hyperparameter, so one sweep can grid over them):
   defined, and the pass must not update the running statistics).
 * ``mask_unit: auto`` (default, App. C.2): output channels of a convolution (importance summed over I,
   H, W), heads of a multi-head attention (summed over the Q, K, V rows of the head and its columns of
-  the output projection, i.e. M = 4 matrices), output rows of a linear layer; ``element``: every
-  weight is its own unit.
+  the output projection, i.e. M = 4 matrices; ``nn.MultiheadAttention`` of the ``transformer``
+  encoder and the Hugging Face ``BertAttention`` of ``bert`` alike), output rows of a linear layer;
+  ``element``: every weight is its own unit.
 * ``sampling: fisher`` (default, the paper's NAS) or ``uniform`` (Table VI's "Random").
   Sampling is the exponential race that ``torch.multinomial(replacement=False)`` itself runs
   (top-n of w_j / E_j, E_j ~ Exp(1), drawn from ``ctx.generator``), as one sort for all layers with
@@ -292,6 +293,24 @@ def _attention_heads(mha: nn.MultiheadAttention, modality: int) -> MaskLayer:
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _hf_attention(module: nn.Module) -> bool:
+    """A Hugging Face BERT-style attention (``BertAttention``): ``self.query/key/value`` and ``output.dense``."""
+    self_attention, output = getattr(module, "self", None), getattr(module, "output", None)
+    return (isinstance(self_attention, nn.Module) and hasattr(self_attention, "num_attention_heads")
+            and all(isinstance(getattr(self_attention, n, None), nn.Linear) for n in ("query", "key", "value"))
+            and isinstance(getattr(output, "dense", None), nn.Linear))
+
+
+def _hf_attention_heads(module: nn.Module, modality: int) -> MaskLayer:
+    """Heads of a BERT attention: rows of Q, K, V split by head, columns of the output projection split by head."""
+    attention, dense = module.self, module.output.dense.weight
+    heads, head_dim = attention.num_attention_heads, attention.attention_head_size
+    pieces = [MaskPiece(w, (heads, head_dim, w.shape[1]), (1, 2), (heads, 1, 1))
+              for w in (attention.query.weight, attention.key.weight, attention.value.weight)]
+    pieces.append(MaskPiece(dense, (dense.shape[0], heads, head_dim), (0, 2), (1, heads, 1)))
+    return MaskLayer(modality, heads, "heads", tuple(pieces))
+
+
 def _residual_blocks(block: nn.Module) -> list[nn.Module]:
     resnet = sys.modules.get("torchvision.models.resnet")  # not imported ⇒ no ResNet blocks exist
     if resnet is None:
@@ -312,12 +331,20 @@ def _weight_modules(block: nn.Module) -> list[nn.Module]:
         if isinstance(module, nn.MultiheadAttention):
             inside_attention.add(id(module.out_proj))
             found.append(module)
+        elif _hf_attention(module):  # BERT: its Q, K, V and output projections form one head layer
+            inside_attention.update(id(m) for m in module.modules() if m is not module)
+            found.append(module)
         elif isinstance(module, (nn.Linear, *_CONVS)):
             found.append(module)
     return found
 
 
 def _module_layers(module: nn.Module, modality: int, unit: str) -> list[MaskLayer]:
+    if _hf_attention(module):
+        if unit == "element":
+            weights = [module.self.query.weight, module.self.key.weight, module.self.value.weight, module.output.dense.weight]
+            return [MaskLayer(modality, w.numel(), "elements", (_elements(w),)) for w in weights]
+        return [_hf_attention_heads(module, modality)]
     if isinstance(module, nn.MultiheadAttention):
         if unit == "element":
             params = [p for p in (module.in_proj_weight, module.q_proj_weight, module.k_proj_weight,

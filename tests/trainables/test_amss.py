@@ -200,6 +200,36 @@ def test_transformer_units_are_heads_and_rows():
     assert id(trial.model.encoders["audio"].blocks[0][0].pos) not in masked
 
 
+def test_bert_attention_units_are_heads():
+    """App. C.2 for the Hugging Face BERT encoder: Q, K, V rows and output-projection columns grouped by head."""
+    import mmtune.models.text  # noqa: F401  registers "bert"
+    from mmtune.models.encoders import build_encoder
+    from mmtune.models.fusions import build_fusion
+    from mmtune.models.multimodal import MultimodalModel
+
+    encoders = {"text": build_encoder("bert", input_shape=(12,), hidden_dim=16, num_layers=2),
+                "image": build_encoder("mlp", input_shape=(8,), hidden_dim=16, num_layers=2)}
+    model = MultimodalModel(encoders, build_fusion("concat", feature_dims={m: e.out_dim for m, e in encoders.items()},
+                                                   num_classes=3), 3)
+    layers = [layer for layer in mask_layers(model, ["text", "image"], scope="backbone", unit="auto") if layer.modality == 0]
+    kinds = [(layer.kind, layer.units) for layer in layers]
+    assert kinds.count(("heads", 4)) == 2  # one per BERT layer (16 / 4 heads)
+    attention = encoders["text"].blocks[0].layer.attention
+    heads = next(layer for layer in layers if layer.kind == "heads")
+    assert [piece.param for piece in heads.pieces] == [attention.self.query.weight, attention.self.key.weight,
+                                                       attention.self.value.weight, attention.output.dense.weight]
+    squared = [torch.randn(p.param.shape) ** 2 for p in heads.pieces]
+    got = unit_fisher(heads, squared)
+    for h in range(4):
+        rows = sum(sq[h * 4:(h + 1) * 4].sum() for sq in squared[:3])
+        assert got[h].item() == pytest.approx((rows + squared[3][:, h * 4:(h + 1) * 4].sum()).item(), rel=1e-5)
+    # Those projections are masked as heads only, never again as rows; embeddings and norms never.
+    ids = [id(piece.param) for layer in layers for piece in layer.pieces]
+    assert len(ids) == len(set(ids))
+    assert id(encoders["text"].blocks[0].embeddings.word_embeddings.weight) not in ids
+    assert ("element" not in {layer.kind for layer in layers})
+
+
 def test_resnet_masks_block_convolutions_only():
     trial = build(dataset=SHAPED, model={"backbone": "resnet18"})
     encoder = trial.model.encoders["audio"]
