@@ -12,7 +12,8 @@ The probe here is the closed-form ridge (least-squares) classifier: features sta
 training mean and standard deviation, a bias column, W = (XᵀX + λ·n·I')⁻¹ Xᵀ Y for one-hot Y (I'
 leaves the bias unpenalised), prediction = argmax XW. One solve of a (D+1)² system per modality, in
 float64 — milliseconds for D = 512 — instead of an iterative logistic regression, and with no
-randomness. It costs one extra no-grad pass over the training split per evaluation, so the trial
+randomness. It costs one extra no-grad encoder pass over the training, validation and test splits
+per evaluation (the training split dominates), so the trial
 runs it only with ``train.probe=true``; it reports ``val_probe/<m>`` and ``test_probe/<m>``.
 """
 

@@ -59,7 +59,7 @@ class TrainConfig(Record):
     lr_gamma: float = hp(0.1, low=0.0, low_open=True, high=1.0, doc="LR decay factor")
     grad_clip: float | None = hp(None, low=0.0, low_open=True, doc="clip the gradient norm (null: off)")
     probe: bool = hp(False, doc="also report val_probe/<m>, test_probe/<m>: a linear probe per frozen encoder "
-                                "(one extra pass over the training split per epoch)")
+                                "(one extra encoder pass over every split per epoch)")
     device: str = hp("auto", choices=("auto", "cpu", "cuda"), doc="auto = cuda when available")
 
 
