@@ -381,9 +381,11 @@ class ResultsWriter(tune.Callback):
         status of trials this writer did not see end (e.g. rows loaded from an earlier run)."""
         if self._ray_trials:
             # Rows of trials Tune does not know are orphans of a killed driver: trials it created after
-            # its last experiment snapshot. The resumed sweep reruns their configs under new ids.
+            # its last experiment snapshot. The resumed sweep reruns their configs under new ids. An
+            # orphan may have epochs and no trial row (the driver died between the two table writes
+            # of one flush), so both tables are searched.
             known = {trial.trial_id for trial in self._ray_trials}
-            for tid in [tid for tid in self._rows if tid not in known]:
+            for tid in [tid for tid in {*self._rows, *self._flushed_max_epoch} if tid not in known]:
                 self._forget(tid)
         for trial in self._ray_trials:
             tid = trial.trial_id

@@ -28,7 +28,7 @@ from mmtune.store.schema import (
     epochs_table,
     trials_table,
 )
-from mmtune.store.writer import RAY_RESULT_KEYS, ResultsWriter, trial_columns
+from mmtune.store.writer import RAY_RESULT_KEYS, ResultsWriter, result_metrics, trial_columns
 
 TINY = {"dataset": {"n_train": 256, "n_val": 96, "n_test": 96}, "train": {"epochs": 3, "batch_size": 32}}
 
@@ -300,6 +300,31 @@ def test_resume_replaces_reported_epochs_without_duplicates(tmp_path):
     third.flush()
     c_rows = read_epochs(tmp_path / "res").to_pandas().query("trial_id == 'c'")
     assert c_rows["epoch"].tolist() == [1, 2] and c_rows["val_acc"].tolist()[-1] == 0.99
+
+
+def test_resume_forgets_orphans_of_the_killed_driver(tmp_path):
+    """Trials the killed driver started after its last experiment snapshot are unknown to the
+    resumed Tune run (it reruns their configs under new ids): their rows and epochs go, including
+    epochs whose trial row was never written (the driver died between the two table writes)."""
+    first = ResultsWriter(str(tmp_path), "orph")
+    kept, orphan, rowless = (fake_trial(t, config(train={"epochs": 3})) for t in ("kept", "orphan", "rowless"))
+    run_fake(first, kept, [1, 2, 3], [kept, orphan])
+    run_fake(first, orphan, [1, 2], [kept, orphan], end=None)
+    first.flush()
+    # The epochs of a third trial reached storage, its trial row did not.
+    rowless_epochs = epochs_table([{"sweep": "orph", "trial_id": "rowless", "epoch": e,
+                                    **result_metrics(fake_result(e))[1]} for e in (1, 2)])
+    table = pa.concat_tables([read_epochs(tmp_path / "orph"), rowless_epochs], promote_options="permissive")
+    pq.write_table(table, tmp_path / "orph" / "epochs.parquet")
+    assert "rowless" not in read_trials(tmp_path / "orph").column("trial_id").to_pylist()
+
+    second = ResultsWriter(str(tmp_path), "orph")
+    kept_done, fresh = fake_trial("kept", config(train={"epochs": 3}), status="TERMINATED"), fake_trial("fresh", config())
+    run_fake(second, fresh, [1, 2, 3], [kept_done, fresh])
+    second.on_experiment_end([kept_done, fresh])
+    epochs = read_epochs(tmp_path / "orph").to_pandas()
+    assert epochs.groupby("trial_id")["epoch"].apply(list).to_dict() == {"fresh": [1, 2, 3], "kept": [1, 2, 3]}
+    assert sorted(read_trials(tmp_path / "orph").column("trial_id").to_pylist()) == ["fresh", "kept"]
 
 
 def test_writer_pickles_by_settings_and_reloads(tmp_path):

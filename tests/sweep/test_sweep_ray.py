@@ -166,7 +166,8 @@ def test_driver_killed_mid_sweep_is_completed_by_resume(tmp_path):
     epochs, trials = tables(str(tmp_path / "runs" / "killed"))
     assert len(trials) == 6 and set(trials["status"]) == {"TERMINATED"}
     assert sorted(zip(trials["label"], trials["seed"], strict=True)) == sorted((m, s) for m in ("joint", "opm") for s in (0, 1, 2))
-    assert len(epochs) == 36 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    per_trial = epochs.groupby("trial_id")["epoch"].apply(list).to_dict()
+    assert len(epochs) == 36 and not epochs.duplicated(["trial_id", "epoch"]).any(), (per_trial, list(trials["trial_id"]))
 
 
 MULTINODE = """
