@@ -18,7 +18,9 @@ Design:
 * One actor per concurrent trial is reused across trials (``reuse_actors``; the Trainable's
   ``reset_config`` rebuilds in place), Ray is started once per sweep, its console output is quieted,
   failed trials are retried ``max_failures`` times from their last checkpoint (2 kept; a trial
-  checkpoints every ``checkpoint_every_s`` seconds and at its end, see ``BalancedTrainable``).
+  checkpoints every ``checkpoint_every_s`` seconds and at its end, see ``BalancedTrainable``). A
+  trial that Tune errors with retries left (a race when a node dies, :mod:`mmtune.sweep.retry`) is
+  resumed from its last checkpoint once the fit returns, if it is the only kind of error.
 * Concurrency: without ``max_concurrent`` the cap is the number of trials the cluster fits at once
   (CPUs / ``resources.cpu``, GPUs / ``resources.gpu``). Uncapped, Tune keeps a pending trial for a
   custom searcher, starts a fresh actor for it and kills that actor when a running one frees up, so
@@ -339,6 +341,7 @@ def fitting_trials(spec: SweepSpec) -> int:
 def _callbacks(spec: SweepSpec, storage: str, name: str, console: Any, live: bool | None) -> list:
     from mmtune.store.writer import ResultsWriter
     from mmtune.sweep.progress import SweepProgress
+    from mmtune.sweep.retry import RetryLedger
 
     # Progress first: the writer's last flush raises if the tables cannot be written, and Tune skips
     # the callbacks after a raising one — the live view must be closed before that.
@@ -346,6 +349,7 @@ def _callbacks(spec: SweepSpec, storage: str, name: str, console: Any, live: boo
         SweepProgress(total_trials=spec.num_trials(), metric=spec.metric, mode=spec.mode, swept=spec.axes(),
                       console=console, live=live),
         ResultsWriter(storage, name),
+        RetryLedger(),
     ]
 
 
@@ -413,7 +417,7 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
     except BaseException:
         _stop_ray(started)
         raise
-    return _fit(tuner, path, started)
+    return _fit(tuner, path, started, spec=spec, trainable=trainable, console=console, live=live)
 
 
 def _prepare_datasets(spec: SweepSpec, console: Any) -> None:
@@ -474,30 +478,64 @@ def resume_sweep(path: str, *, retry_errored: bool = False, address: str | None 
                  live: bool | None = None) -> SweepOutcome:
     """Continue an interrupted sweep: unfinished trials resume from their last checkpoint; with
     ``retry_errored`` errored trials too. Finished trials are kept as they are."""
-    from ray import tune
-
-    path = path if "://" in path else os.path.abspath(path.rstrip("/"))
-    spec, meta = load_sweep_spec(path)
+    path = _local_or_uri(path)
+    spec, _ = load_sweep_spec(path)
     started = _init_ray(address, spec)
     try:
-        from mmtune.sweep.progress import SweepProgress
-
-        tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=retry_errored)
-        # Callbacks come back from the pickled run config; give the progress view this terminal.
-        for cb in tuner._local_tuner._run_config.callbacks or []:
-            if isinstance(cb, SweepProgress):
-                cb.attach(console=console, live=live)
+        tuner = _restore_tuner(path, spec, retry_errored=retry_errored, console=console, live=live)
     except BaseException:
         _stop_ray(started)
         raise
-    return _fit(tuner, path, started)
+    return _fit(tuner, path, started, spec=spec, console=console, live=live)
 
 
-def _fit(tuner: Any, path: str, started: bool) -> SweepOutcome:
-    """Run the tuner to the end, then stop Ray if this sweep started it."""
+def _local_or_uri(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path.rstrip("/"))
+
+
+def _restore_tuner(path: str, spec: SweepSpec, *, retry_errored: bool, trainable: Any = None, console: Any = None,
+                   live: bool | None = None) -> Any:
+    """The sweep's Tuner restored from its experiment snapshot (Ray must be initialised)."""
+    from ray import tune
+
+    from mmtune.sweep.progress import SweepProgress
+
+    tuner = tune.Tuner.restore(path, trainable=_trainable(spec, trainable), resume_unfinished=True,
+                               resume_errored=retry_errored)
+    # Callbacks come back from the pickled run config; give the progress view this terminal.
+    for cb in _tuner_callbacks(tuner):
+        if isinstance(cb, SweepProgress):
+            cb.attach(console=console, live=live)
+    return tuner
+
+
+def _tuner_callbacks(tuner: Any) -> list:
+    return list(tuner._local_tuner._run_config.callbacks or [])
+
+
+def _fit(tuner: Any, path: str, started: bool, *, spec: SweepSpec, trainable: Any = None, console: Any = None,
+         live: bool | None = None) -> SweepOutcome:
+    """Run the tuner to the end, then stop Ray if this sweep started it. Trials that Tune errored with
+    retries left (:mod:`mmtune.sweep.retry`) are resumed from their last checkpoint, when they are the
+    sweep's only errored trials (``resume_errored`` would rerun every errored trial)."""
+    from mmtune.sweep.retry import RetryLedger
+
     try:
         start = time.perf_counter()
         tuner.fit()
+        # Bounded by the sweep's retry budget (a preempted node does not count as a trial's failure).
+        for _ in range(spec.max_failures + 1):
+            raced = set().union(*(cb.unspent for cb in _tuner_callbacks(tuner) if isinstance(cb, RetryLedger)))
+            if not raced or len(raced) < _counts(path).get("ERROR", 0):
+                break
+            message = (f"{len(raced)} trial(s) ended in ERROR with retries left (a Ray Tune race when a node or "
+                       "actor dies); resuming them from their last checkpoint.")
+            log.warning(message)
+            if console is not None:
+                console.print(f"[yellow]{message}[/yellow]")
+            tuner = _restore_tuner(_local_or_uri(path), spec, retry_errored=True, trainable=trainable,
+                                   console=console, live=live)
+            tuner.fit()
         return SweepOutcome(path, _counts(path), time.perf_counter() - start)
     finally:
         _stop_ray(started)

@@ -128,6 +128,45 @@ def test_a_crashed_trial_restores_from_its_checkpoint_and_matches_an_uninterrupt
                 assert row[key] == pytest.approx(value, abs=1e-6), key
 
 
+def test_retry_ledger_keeps_only_trials_errored_with_retries_left():
+    from types import SimpleNamespace
+
+    from mmtune.sweep.retry import RetryLedger
+
+    ledger = RetryLedger()
+    raced = SimpleNamespace(trial_id="raced", num_failures=2, max_failures=3)  # the race: retries left
+    spent = SimpleNamespace(trial_id="spent", num_failures=4, max_failures=3)  # Tune's own verdict
+    unlimited = SimpleNamespace(trial_id="unlimited", num_failures=9, max_failures=-1)
+    for trial in (raced, spent, unlimited):
+        ledger.on_trial_error(0, [], trial)
+    assert ledger.unspent == {"raced", "unlimited"}
+    ledger.on_trial_restore(0, [], raced)
+    assert ledger.unspent == {"unlimited"}
+    import ray.cloudpickle
+
+    assert ray.cloudpickle.loads(ray.cloudpickle.dumps(ledger)).unspent == set()  # a restored sweep starts afresh
+
+
+def test_a_trial_errored_with_retries_left_is_resumed_by_the_sweep(ray_session, tmp_path, monkeypatch):
+    # Tune's race (mmtune.sweep.retry) cannot be provoked on demand: every errored trial is
+    # declared raced here, so the sweep must resume the crashed trial from its epoch-1 checkpoint.
+    import ray.cloudpickle
+
+    from mmtune.sweep import retry
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(retry.RetryLedger, "on_trial_error", lambda self, iteration, trials, trial, **info: self.unspent.add(trial.trial_id))
+    FailOnceAtEpoch2.marker = str(tmp_path / "marker")
+    console = quiet()
+    spec = spec_of(name="raced", train={"epochs": 3, "batch_size": 64}, max_failures=0, checkpoint_every_s=0)
+    out = run_sweep(spec, storage=str(tmp_path), console=console, live=False, trainable=FailOnceAtEpoch2)
+    assert (tmp_path / "marker").exists(), "the crash was never injected"
+    assert out.counts == {"TERMINATED": 1}
+    assert "resuming them from their last checkpoint" in " ".join(console.file.getvalue().split())
+    epochs, trials = tables(out.path)
+    assert sorted(epochs["epoch"]) == [1, 2, 3] and trials["epochs_run"].tolist() == [3]
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT))
