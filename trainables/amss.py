@@ -95,6 +95,10 @@ What runs (every choice is a hyperparameter, so one sweep can grid over them):
   (App. C.2's "output rows", restricted to W^k); the shared bias belongs to no subnetwork and is never
   masked. ``both``: the union. Fusions with neither (sum, FiLM, gated) refuse ``classifier``/``both``
   with a ConfigError.
+* ``fixed_p`` (default null): a fixed update ratio per modality, ``{audio: 0.2, video: 1.0}``, in
+  place of Eq. 2–4: the element-wise "MS" of the paper's preliminary experiment (Table I, uniform
+  sampling there: add ``sampling: uniform``), the baseline that AMSS makes adaptive. ξ and u are still
+  computed and traced; ``clamp`` does not apply to the given ratios.
 * The window ``start_epoch``/``end_epoch`` (the loop calls the hook only inside it).
 
 Traces: ``trace/xi/<m>`` (ξ^(k) of the batch), ``trace/u/<m>`` (u^(k) after the update),
@@ -163,11 +167,16 @@ class AMSSConfig(MethodConfig):
     sampling: str = hp("fisher", choices=("fisher", "uniform"), doc="units drawn ∝ importance (NAS) or uniformly")
     mask_unit: str = hp("auto", choices=("auto", "element"), doc="channels/heads/rows (App. C.2) or single weights")
     mask_scope: str = hp("backbone", choices=("backbone", "classifier", "both"), doc="masked subnetwork (Table VII)")
+    fixed_p: dict[str, float] | None = hp(None, doc="Table I's MS: a fixed p per modality, e.g. {audio: 0.2, video: 1.0}, "
+                                                    "instead of Eq. 2–4 (null: adaptive AMSS)")
 
     def extra_checks(self) -> list[Problem]:
         problems = super().extra_checks()
         if self.p_min > self.p_max:
             problems.append(Problem("p_min", f"must be <= p_max ({self.p_max}), got {self.p_min}."))
+        for modality, ratio in (self.fixed_p or {}).items():
+            if not 0.0 <= ratio <= 1.0:
+                problems.append(Problem(f"fixed_p.{modality}", f"is an update ratio and must lie in [0, 1], got {ratio}."))
         return problems
 
     @property
@@ -528,9 +537,17 @@ class AMSS(BalancingMethod):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.u: Tensor | None = None  # momentum u^(k) of Eq. 3, on the device
+        self.fixed: Tensor | None = None  # (K,) p^(k) of fixed_p (Table I's MS), else None
 
     def bind(self, model: MultimodalModel) -> None:
         cfg: AMSSConfig = self.config
+        if cfg.fixed_p is not None:
+            if set(cfg.fixed_p) != set(self.modalities):
+                raise ConfigError([Problem("params.fixed_p", (
+                    f"names modalities {sorted(cfg.fixed_p)}, but the dataset's are {list(self.modalities)}; give "
+                    "one update ratio per modality, e.g. fixed_p: {" + ", ".join(f"{m}: 1.0" for m in self.modalities)
+                    + "}, or null for adaptive AMSS."))])
+            self.fixed = torch.tensor([float(cfg.fixed_p[m]) for m in self.modalities], device=self.device)
         if cfg.mask_scope != "backbone":
             headless = [m for m in self.modalities
                         if not model.fusion.owned_parameters(m) and not model.fusion.owned_columns(m)]
@@ -574,6 +591,8 @@ class AMSS(BalancingMethod):
             xi = numerator / h_x.clamp_min(1e-12)
             self.u = xi
             p = code_update_ratio(xi, numerator, cfg.tau)
+        if self.fixed is not None:  # Table I: ξ and u still traced, p given
+            return xi, self.fixed
         if cfg.clamps:
             p = p.clamp(cfg.p_min, cfg.p_max)
         return xi, p

@@ -429,6 +429,29 @@ def test_config_rejects_inverted_clamp_range():
         build({"p_min": 0.8, "p_max": 0.2})
 
 
+def test_fixed_p_is_table_one_ms_with_the_given_ratios(monkeypatch):
+    trial = build({"fixed_p": {"audio": 0.25, "video": 1.0}, "sampling": "uniform"})
+    out, batch, ctx = forward_backward(trial)
+    before = grads(trial.model)
+    masks = Spy(monkeypatch, "sample_mask")
+    trial.method.modulate_gradients(trial.model, out, batch, ctx)
+    traces = trial.method.traces.compute()
+    assert (traces["p/audio"], traces["p/video"]) == (0.25, 1.0) and traces["xi/audio"] != 0  # ξ still traced
+    (_, mask), = [(c[0], c[1]) for c in masks.calls]
+    group = trial.method.groups[0]
+    assert mask.sum(1).tolist() == [32 if layer.modality == 0 else 128 for layer in group.layers]  # ⌈0.25·128⌉
+    after = grads(trial.model)
+    video = [n for n, m in masked_names(trial).items() if m == 1]
+    assert video and all(torch.equal(after[n], before[n]) for n in video)  # p = 1: every unit updated
+
+
+def test_fixed_p_must_name_every_modality_with_a_ratio_in_0_1():
+    with pytest.raises(ConfigError, match="fixed_p.*dataset's are"):
+        build({"fixed_p": {"audio": 0.2}})
+    with pytest.raises(ConfigError, match=r"fixed_p.video.*\[0, 1\]"):
+        build({"fixed_p": {"audio": 0.2, "video": 1.5}})
+
+
 # ----------------------------------------------------------------------------- trials
 
 
