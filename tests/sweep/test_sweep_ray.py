@@ -185,10 +185,10 @@ def test_driver_killed_mid_sweep_is_completed_by_resume(tmp_path):
     spec.write_text(textwrap.dedent("""\
         name: killed
         method: [joint, opm]
-        dataset: {n_train: 512, n_val: 96, n_test: 96}
+        dataset: {n_train: 2048, n_val: 96, n_test: 96}
         train: {epochs: 6}
         seeds: [0, 1, 2]
-        """))
+        """))  # 2048 samples: the sweep outlasts the writer's first timed flush (10 s), so the kill lands mid-sweep
     mmtune = [sys.executable, "-m", "mmtune.cli"]
     proc = subprocess.Popen([*mmtune, "sweep", str(spec), "--storage", str(tmp_path / "runs")], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -199,6 +199,7 @@ def test_driver_killed_mid_sweep_is_completed_by_resume(tmp_path):
     assert proc.poll() is None, "the sweep ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
+    killed_at = _rows(epochs_file)
     done = subprocess.run([*mmtune, "resume", str(tmp_path / "runs" / "killed")], env=_env(), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -206,7 +207,7 @@ def test_driver_killed_mid_sweep_is_completed_by_resume(tmp_path):
     assert len(trials) == 6 and set(trials["status"]) == {"TERMINATED"}
     assert sorted(zip(trials["label"], trials["seed"], strict=True)) == sorted((m, s) for m in ("joint", "opm") for s in (0, 1, 2))
     per_trial = epochs.groupby("trial_id")["epoch"].apply(list).to_dict()
-    assert len(epochs) == 36 and not epochs.duplicated(["trial_id", "epoch"]).any(), (per_trial, list(trials["trial_id"]))
+    assert len(epochs) == 36 and not epochs.duplicated(["trial_id", "epoch"]).any(), (killed_at, per_trial, list(trials["trial_id"]))
 
 
 MULTINODE = """
