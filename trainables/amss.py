@@ -97,8 +97,9 @@ What runs (every choice is a hyperparameter, so one sweep can grid over them):
   with a ConfigError.
 * ``fixed_p`` (default null): a fixed update ratio per modality, ``{audio: 0.2, video: 1.0}``, in
   place of Eq. 2–4: the element-wise "MS" of the paper's preliminary experiment (Table I, uniform
-  sampling there: add ``sampling: uniform``), the baseline that AMSS makes adaptive. ξ and u are still
-  computed and traced; ``clamp`` does not apply to the given ratios.
+  sampling there: add ``sampling: uniform``), the baseline that AMSS makes adaptive; the official
+  code's ``param_mode: fix`` with ``coeff_a``/``coeff_v``. ξ and u are still computed and traced;
+  ``clamp`` does not apply to the given ratios.
 * The window ``start_epoch``/``end_epoch`` (the loop calls the hook only inside it).
 
 Traces: ``trace/xi/<m>`` (ξ^(k) of the batch), ``trace/u/<m>`` (u^(k) after the update),
