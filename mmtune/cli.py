@@ -23,11 +23,12 @@ Bad input exits 2 with a message naming the key, the rule and the fix; never a t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
 
 import yaml
 
@@ -144,9 +145,75 @@ def _short(key: str) -> str:
     return key.replace("val_acc/", "val/").replace("val_probe/", "probe/").replace("imbalance/", "ρ/").replace("trace/", "")
 
 
+class _EpochTable:
+    """The per-epoch table of ``mmtune run``: a live table when it fits the terminal, else plain lines.
+
+    Rich squeezes a table wider than the console into ellipses ("1…"), and a console that is not a
+    terminal (a pipe, a log file, CI) is 80 columns wide and shows a live table only when it stops.
+    So the table goes live only on a terminal wide enough for all its columns; otherwise every
+    epoch is printed as one aligned line as soon as it ends (``soft_wrap``: never cut), and the
+    header is printed again when a method's traces add columns. Columns are fixed after the first
+    epoch, when the method's ``trace/*`` keys are known; trace keys that appear later are added then.
+    """
+
+    def __init__(self, console: Any, title: str, columns: list[str]):
+        self.console, self.title, self.columns = console, title, list(columns)
+        self.table: Any = None
+        self.live: Any = None
+        self.widths: list[int] = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def waiting(self, epoch: int, epochs: int) -> Any:
+        """A spinner while the first epoch runs on a terminal (nothing else is on screen yet)."""
+        if epoch == 1 and self.console.is_terminal:
+            return self.console.status(f"epoch 1 of {epochs}…")
+        return contextlib.nullcontext()
+
+    def add(self, metrics: Mapping[str, Any]) -> None:
+        new = [k for k in metrics if k.startswith("trace/") and k not in self.columns]
+        first = not self.widths
+        if new or first:
+            self.columns += new
+            self._layout(first, new)
+        row = [_fmt(metrics.get(c, "")) for c in self.columns]
+        if self.live is not None:
+            self.table.add_row(*row)
+        else:
+            self._line(row)
+
+    def _layout(self, first: bool, new: list[str]) -> None:
+        headers = [_short(c) for c in self.columns]
+        self.widths = [max(len(h), 6) for h in headers]
+        if first and self.console.is_terminal and sum(w + 1 for w in self.widths) <= self.console.width:
+            from rich import box
+            from rich.live import Live
+            from rich.table import Table
+
+            self.table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title=self.title)
+            for h in headers:
+                self.table.add_column(h, justify="right")
+            self.live = Live(self.table, console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+            return
+        if self.live is not None:
+            for c in new:
+                self.table.add_column(_short(c), justify="right")
+            return
+        if first:
+            self.console.print(self.title, soft_wrap=True)
+        self._line(headers)
+
+    def _line(self, cells: list[str]) -> None:
+        self.console.print(" ".join(c.rjust(w) for c, w in zip(cells, self.widths)), soft_wrap=True, markup=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich import box
-    from rich.live import Live
     from rich.table import Table
 
     from mmtune.engine.trial import Trial
@@ -156,25 +223,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = _console(stderr=args.json)
     trial = Trial(spec)
     mods = trial.modalities
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title=f"mmtune run {spec.method} · {spec.dataset.name} · {spec.model.backbone}/{spec.model.fusion} · seed {spec.seed}")
+    title = f"mmtune run {spec.method} · {spec.dataset.name} · {spec.model.backbone}/{spec.model.fusion} · seed {spec.seed}"
     columns = ["epoch", "train_loss", "val_acc", *(f"val_acc/{m}" for m in mods)]
     columns += [f"val_probe/{m}" for m in mods] if spec.train.probe else []
     columns += [f"imbalance/{m}" for m in mods if len(mods) > 1] + ["test_acc", "best_val_acc", "epoch_s"]
-    for c in columns:
-        table.add_column(_short(c), justify="right")
+    epochs = _EpochTable(console, title, columns)
     metrics: dict[str, float] = {}
     start = time.perf_counter()
-    with Live(table, console=console, refresh_per_second=4, transient=False):
-        for _ in range(spec.train.epochs):
-            metrics = trial.step()
-            traces = [k for k in metrics if k.startswith("trace/")]
-            if traces and len(table.columns) == len(columns):
-                for k in traces:
-                    table.add_column(_short(k), justify="right")
-            table.add_row(*(_fmt(metrics.get(c, "")) for c in columns + traces))
+    with epochs:
+        for epoch in range(1, spec.train.epochs + 1):
+            with epochs.waiting(epoch, spec.train.epochs):
+                metrics = trial.step()
+            epochs.add(metrics)
     total = time.perf_counter() - start
     console.print()
-    summary = Table(title="summary (selection on validation; test reported at the best-validation epoch)")
+    summary = Table(title="summary", caption="model selected on validation;\ntest at the best-validation epoch")
     summary.add_column("metric")
     summary.add_column("value", justify="right")
     rows = [
@@ -209,7 +272,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         cls = METHODS[name]
         table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title=f"[bold]{name}[/bold] — {cls.paper}", title_justify="left")
         for col in ("hyperparameter", "default", "valid", "meaning"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for row in describe_fields(cls.Config):
             table.add_row(row["name"], row["default"], row["valid"], row["doc"])
         console.print(table)

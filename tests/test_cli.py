@@ -36,6 +36,21 @@ def test_overrides_reach_the_trial(capsys):
     assert "val_acc/audio" in out and "val_acc/video" not in out
 
 
+def test_run_prints_every_column_whole_when_not_a_terminal(capsys):
+    """A pipe or log file gets one aligned line per epoch, trace columns included, never squeezed into '…'."""
+    assert main(["run", "amss", "train.epochs=2", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.split()[:2] == ["ep", "loss"])
+    for key in ["val/audio", "val/video", "xi/audio", "u/video", "p/audio", "p/video"]:
+        assert key in header.split()
+    rows = [line.split() for line in lines if line.split()[:1] in (["1"], ["2"])]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert all(len(r) == len(header.split()) for r in rows)
+    assert all(0.0 <= float(p) <= 1.0 for r in rows for p in r[-2:])
+
+
 @pytest.mark.parametrize(
     "args,needles",
     [
@@ -57,7 +72,7 @@ def test_bad_input_exits_2_naming_the_problem(capsys, args, needles):
 
 
 def test_console_script_exit_code_and_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "mmtune.cli", "run", "joint", "bogus_key=1"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "mmtune.cli", "run", "joint", "bogus_key=1"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert "bogus_key" in proc.stderr and "Traceback" not in proc.stderr
 
