@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -100,10 +101,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def console(json_mode: bool):
-    """The report console: stdout normally, stderr under ``--json`` (stdout then ends with the JSON)."""
+    """The report console: stdout normally, stderr under ``--json`` (stdout then ends with the JSON).
+
+    Piped or redirected (how benchmark output reaches a log or BENCHMARKS.md) rich would assume 80
+    columns and squeeze wide tables into "…"; there the console is 200 columns wide instead.
+    """
     from rich.console import Console
 
-    return Console(stderr=json_mode, highlight=False)
+    out = Console(stderr=json_mode, highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(stderr=json_mode, highlight=False, width=200)
+    return out
 
 
 def _clean(value: Any) -> Any:
