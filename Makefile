@@ -11,7 +11,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	@# --no-cache-dir: the CUDA wheels are ~3 GB; caching them too doubles the disk the install needs.
+	$(VENV)/bin/python -m pip install --quiet --no-cache-dir -e '.[test]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
