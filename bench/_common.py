@@ -110,7 +110,7 @@ def console(json_mode: bool):
 
     out = Console(stderr=json_mode, highlight=False)
     if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(stderr=json_mode, highlight=False, width=200)
+        out.width = 200
     return out
 
 
