@@ -110,7 +110,7 @@ class Sides:
         from mmtune.engine.method import StepContext
         from mmtune.engine.optim import build_optimizer
         from mmtune.engine.trial import Trial, parse_trial_config
-        from trainables import get_method
+        from mmtune.trainables import get_method
 
         self.args, self.data, self.device, self.seed = args, data, device, seed
         bs = args.batch_size

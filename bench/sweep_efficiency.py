@@ -369,7 +369,7 @@ def barrier_trainable(slots: int, timeout_s: float = 60.0):
     starting). Returns (trainable class, barrier actor)."""
     import ray
 
-    from mmtune.engine.trainable import BalancedTrainable
+    from mmtune.sweep.trainable import BalancedTrainable
 
     @ray.remote(num_cpus=0)
     class Barrier:

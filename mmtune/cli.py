@@ -70,6 +70,8 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> tuple[d
         section, dot, rest = key.partition(".")
         if key == "seed" or key == "method":
             config[key] = value
+        elif dot and rest and section in str(config.get("method", "")).split("+") and "+" in str(config.get("method", "")):
+            config.setdefault("params", {})[key] = value  # a composed method's own name: opm.lam=0.5
         elif dot and section in SECTIONS and rest:
             node = config.setdefault(section, {})
             *parents, leaf = rest.split(".")
@@ -265,7 +267,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mmtune.config import describe_fields
-    from trainables import METHODS
+    from mmtune.trainables import METHODS
 
     console = _console(stderr=False)
     for name in sorted(METHODS):

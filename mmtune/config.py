@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 from mmtune.errors import ConfigError, Problem, did_you_mean
 
-__all__ = ["Record", "hp", "from_dict", "describe_fields", "check_record", "to_dict"]
+__all__ = ["Record", "hp", "from_dict", "describe_fields", "check_record", "external_name", "to_dict"]
 
 R = TypeVar("R", bound="Record")
 _MISSING = dataclasses.MISSING
@@ -63,6 +63,9 @@ class Record:
 
     # Fields that may not be given by users in any config (e.g. set by mmtune itself).
     internal_fields: ClassVar[tuple[str, ...]] = ()
+    # The name users write for a field whose Python name differs (a composed method's ``opm.lam``
+    # is the field ``opm__lam``): used by from_dict, to_dict, describe_fields and error paths.
+    external_names: ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self) -> None:
         problems = check_record(self)
@@ -178,23 +181,29 @@ def _check_value(name: str, value: Any, meta: Mapping[str, Any]) -> str | None:
     return None
 
 
+def external_name(cls: type, field_name: str) -> str:
+    """The key users write for ``field_name`` of record class ``cls``."""
+    return getattr(cls, "external_names", {}).get(field_name, field_name)
+
+
 def check_record(record: Any) -> list[Problem]:
     """Type and range problems of an already-built record (used by ``__post_init__``)."""
     hints = _type_hints(type(record))
     problems: list[Problem] = []
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
+        name = external_name(type(record), f.name)
         ok, coerced = _coerce(value, hints[f.name])
         if not ok:
             problems.append(
-                Problem(f.name, f"expected {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__}).")
+                Problem(name, f"expected {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__}).")
             )
             continue
         if coerced is not value and coerced != value or type(coerced) is not type(value):
             object.__setattr__(record, f.name, coerced)
-        message = _check_value(f.name, coerced, f.metadata)
+        message = _check_value(name, coerced, f.metadata)
         if message:
-            problems.append(Problem(f.name, message))
+            problems.append(Problem(name, message))
     extra = getattr(record, "extra_checks", None)
     if extra is not None and not problems:
         problems.extend(extra())
@@ -207,14 +216,19 @@ def from_dict(cls: type[R], data: Mapping[str, Any] | None, *, path: str = "") -
     prefix = f"{path}." if path else ""
     if not isinstance(data, Mapping):
         raise ConfigError([Problem(path, f"expected a mapping of keys to values, got {data!r}.")])
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in cls.internal_fields}
+    normalize = getattr(cls, "normalize_input", None)
+    if normalize is not None:  # e.g. a composed method's nested {opm: {lam: 0.5}} → {opm.lam: 0.5}
+        data = normalize(data)
+    fields = {external_name(cls, f.name): f for f in dataclasses.fields(cls) if f.name not in cls.internal_fields}
     problems: list[Problem] = []
+    unknown_key = getattr(cls, "unknown_key_message", None)
     for key in data:
         if key not in fields:
+            special = unknown_key(str(key)) if unknown_key is not None else None
             hint = did_you_mean(str(key), fields)
             known = ", ".join(sorted(fields)) or "(none)"
-            problems.append(Problem(f"{prefix}{key}", f"unknown key.{hint} Valid keys: {known}."))
-    kwargs = {k: v for k, v in data.items() if k in fields}
+            problems.append(Problem(f"{prefix}{key}", special or f"unknown key.{hint} Valid keys: {known}."))
+    kwargs = {fields[k].name: v for k, v in data.items() if k in fields}
     if problems:
         # Report type/range problems of the known keys too, so the user sees everything at once.
         try:
@@ -233,7 +247,7 @@ def to_dict(record: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
-        out[f.name] = list(value) if isinstance(value, tuple) else value
+        out[external_name(type(record), f.name)] = list(value) if isinstance(value, tuple) else value
     return out
 
 
@@ -254,7 +268,7 @@ def describe_fields(cls: type) -> list[dict[str, str]]:
         default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
         rows.append(
             {
-                "name": f.name,
+                "name": external_name(cls, f.name),
                 "type": _type_name(hints[f.name]),
                 "default": repr(default),
                 "valid": valid,

@@ -28,7 +28,9 @@ Equation → function:
   from the live θ, so ``backward`` applies J^T exactly; no hand-written Jacobian.
 * Eq. 14 (α_d: coefficient of variation of s_d^m over modalities): :func:`coefficient_of_variation`.
 * Eq. 15 (L_mod = Σ_d α_d L_d): :func:`modulation_loss`.
-* Algorithm 1: epochs < E (``start_epoch``) are the warm-up — the framework is trained by the
+* The paper's E is 0-based (Fig. 7: "E = 0 indicates that AIM is applied from the beginning"); mmtune's
+  epochs are 1-based, so ``start_epoch`` = E + 1 (the default 3 is the paper's E = 2).
+* Algorithm 1: epochs < ``start_epoch`` (E + 1) are the warm-up — the framework is trained by the
   cross-entropy (Eq. 2) and the decoupling maps by Eq. 8, then DAP by Eq. 5 with the framework
   frozen; epochs ≥ E add L_mod to the cross-entropy and keep updating DAP. After ``end_epoch``
   (if set) nothing is added: plain joint training.
@@ -140,10 +142,9 @@ from torch.func import functional_call
 from mmtune.config import hp
 from mmtune.data.base import Batch
 from mmtune.engine.method import BalancingMethod, MethodConfig, StepContext
-from mmtune.engine.trainable import BalancedTrainable
 from mmtune.errors import ConfigError, Problem
 from mmtune.models.multimodal import ModelOutput, MultimodalModel
-from trainables._registry import register
+from mmtune.engine.registry import register
 
 __all__ = [
     "AIM",
@@ -169,7 +170,8 @@ _LITERAL_LIMIT = 20_000_000
 
 @dataclass(frozen=True)
 class AIMConfig(MethodConfig):
-    start_epoch: int = hp(3, low=1, doc="E: first epoch of modulation; the epochs before it are the warm-up (Alg. 1)")
+    start_epoch: int = hp(3, low=1, doc="first epoch of modulation, 1-based: the paper's E + 1 (its E is 0-based, E = 0 "
+                                        "modulates from the first epoch; Fig. 7); the epochs before it are the warm-up (Alg. 1)")
     pam: bool = hp(True, doc="parameter-adaptive modulation with auxiliary blocks (false: 'w/o PAM', Table III)")
     dam: bool = hp(True, doc="depth-adaptive modulation: weight L_d by α_d (false: α_d = 1, 'w/o DAM')")
     prototypes: str = hp("dap", choices=("dap", "label"),
@@ -399,6 +401,7 @@ def _eval_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
 # ----------------------------------------------------------------------------------- strategy
 
 
+@register
 class AIM(BalancingMethod):
     name = "aim"
     Config = AIMConfig
@@ -690,8 +693,3 @@ class AIM(BalancingMethod):
         self._dap.load_state_dict(state["dap"])
         with torch.no_grad():
             torch._foreach_copy_(self._dap_buffers, [b.to(self.device) for b in state["dap_momentum"]])
-
-
-@register
-class AIMTrainable(BalancedTrainable):
-    method = AIM

@@ -13,8 +13,10 @@ significance) gets the smaller update ratio p^(k), so its subnetwork is updated 
 Equation → function:
 * Eq. 2, H(Y) from the batch's label frequencies: :func:`label_entropy`.
 * Eq. 2, E[log q(y | x^(k))] = (1/B) Σ_i log softmax(uni-modal logits of x_i^(k))_{y_i}:
-  :func:`expected_log_likelihood` on ``model.unimodal_logits(features)`` under no_grad (exact split for
-  concat/sum/late, zero-out rule for FiLM/gated — the paper's zero-padding, §III-B).
+  :func:`expected_log_likelihood` on ``model.modality_logits(features)`` under no_grad: q(y | x^(k)) is
+  modality k's own classifier (§III-B) — its own head under late and sum fusion (unscaled: late
+  fusion's fused logits are the heads' mean, but each head is a classifier of its own), the exact
+  split under concat, the zero-out rule for FiLM/gated (the paper's zero-padding).
 * H(X^(k)), the denominator of the mutual information rate: :func:`feature_entropy`. The paper leaves
   its estimate open; like the official code we use the entropy of a softmax over the dimensions of
   the pooled feature φ^(k), averaged over the batch.
@@ -25,8 +27,7 @@ Equation → function:
   layer: :func:`fisher_importance` (mini-batch or per-sample Fisher: :func:`per_sample_fisher`).
 * Eq. 6 (S^(k): ⌈p^(k)·|w|⌉ units without replacement, P ∝ importance — the paper's non-uniform
   adaptive sampling, NAS) and Eq. 1 (0/1 mask on the gradient): :func:`sample_count`, :func:`sample_mask`.
-* Eq. 7–8 (AMSS+: sampled unit j scaled by 1/(π_j + a), others 0): :func:`inclusion_probability`,
-  :func:`unbiased_mask`.
+* Eq. 7–8 (AMSS+: sampled unit j scaled by 1/(p_j + a), others 0): :func:`unbiased_mask`.
 * Official code's variant of Eq. 2–4: :func:`code_label_entropy`, :func:`code_update_ratio`.
 
 What runs (every choice is a hyperparameter, so one sweep can grid over them):
@@ -60,28 +61,21 @@ What runs (every choice is a hyperparameter, so one sweep can grid over them):
   (top-n of w_j / E_j, E_j ~ Exp(1), drawn from ``ctx.generator``), as one sort for all layers with
   the same number of units: per-row sample counts and no host sync (``torch.multinomial`` reads its
   validity checks back to the host and takes one count for all rows).
-* ``plus`` (AMSS+): m_j = 1/(π_j + a) on sampled units, 0 elsewhere, with a = 1/C_l (the paper first
-  says a ∈ [0, 1), then "substitutes the number of mask units C_l for a"; the official code uses
-  1/C_l, consistent with a < 1). What π_j is differs between the paper's parts: Eq. 7–8 write p_j,
-  the symbol Eq. 5 gives the normalised importance (and "p_j is usually too small [...] 1/p_j too
-  large" only holds for it), while App. A.2 proves unbiasedness with p_j(t) = P(w_j ∈ S), the
-  inclusion probability.
-  ``plus_pi: importance`` (default): π_j := w_j, Eq. 7–8 as printed and as the official code computes
-  it (``1/(important_gn + 1/C)``) — the default because it is what both the equations and the
-  released code run. Measured on the synthetic default (5 seeds, ``bench/imbalance.py``) it is also
-  the only AMSS+ reading that lifts the weak modality (Δ val video +0.099 ± 0.032); much of that
-  comes from its larger steps on the masked layers (see below), not from rebalancing alone.
-  ``plus_pi: inclusion`` (the unbiased reading of App. A.2): π_j = 1 − exp(−t·w_j) with t solving
-  Σ_j π_j = n (arrival times of the exponential race are Exp(w_j); the n-th arrival is replaced by
-  its deterministic equivalent t; exact for uniform weights, within Monte-Carlo error of measured
-  frequencies in the tests; 8 Newton steps from the uniform-weight root, monotone because the
-  constraint is concave in t); in expectation it is joint training, and measured it changes the weak
-  modality by +0.000 ± 0.006. ``importance`` scales the sampled units' gradients by up to C_l
-  (≈ C_l/2 where w_j ≈ 1/C_l), i.e. a much larger step for the masked layers.
-  ``plus_scale: code`` (default) uses 1/(π_j + a) as is; ``normalized`` divides it by
-  mean_j π̂_j/(π_j + a), π̂_j the inclusion probability whatever ``plus_pi`` is: the unit-averaged
-  expected multiplier, so the expected mask averages 1 over the layer's units.
-* ``mask_scope`` (Table VII, App. C.2). ``backbone`` (default): the weight matrices of the encoder's
+* ``plus`` (AMSS+): m_j = 1/(p_j + a) on sampled units, 0 elsewhere, with p_j the unit's normalised
+  Fisher importance (Eq. 5's symbol, as Eq. 7–8 print it and as the official code computes it,
+  ``1/(important_gn + 1/C)``) and a = 1/C_l (the paper first says a ∈ [0, 1), then "substitutes the
+  number of mask units C_l for a"; the code uses 1/C_l, consistent with a < 1). App. A.2's proof of
+  unbiasedness uses p_j(t) = P(w_j ∈ S), the inclusion probability, instead; mmtune used to offer that
+  reading (``plus_pi: inclusion``, and ``plus_scale: normalized``) but its closed-form approximation
+  was not an inclusion probability (for one draw it must equal w; w = [.1, .2, .7] gave
+  [.1307, .2444, .6249]) and no exact form is cheap per step, so both options were removed.
+  Measured on the synthetic default (5 seeds, ``bench/imbalance.py``) the importance reading lifts the
+  weak modality (Δ val video +0.099 ± 0.032); much of that comes from its larger steps on the masked
+  layers (1/(p_j + a) ≈ C_l/2 where p_j ≈ 1/C_l), not from rebalancing alone.
+* ``mask_scope`` (Table VII, App. C.2). ``backbone`` (default) is Table VII's "w/ Backbone Mask(+)" row,
+  the set the official code masks; the paper's full AMSS/AMSS+ rows mask backbone *and* classifier,
+  ``both`` here. Units are the model's (``model.mask_units``, declared by each encoder,
+  :mod:`mmtune.models.units`). ``backbone``: the weight matrices of the encoder's
   depth blocks (``model.depth_blocks(m)``): linear weights (the transformer's token projection
   included, it is a linear layer of block 1), attention projections and convolution kernels; no
   norms, biases, positional embeddings. For ResNet blocks, only the convolutions of the
@@ -108,9 +102,9 @@ Traces: ``trace/xi/<m>`` (ξ^(k) of the batch), ``trace/u/<m>`` (u^(k) after the
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,10 +115,10 @@ from torch import Tensor, nn
 from mmtune.config import hp
 from mmtune.data.base import Batch
 from mmtune.engine.method import BalancingMethod, MethodConfig, StepContext
-from mmtune.engine.trainable import BalancedTrainable
 from mmtune.errors import ConfigError, Problem
+from mmtune.engine.registry import register
 from mmtune.models.multimodal import ModelOutput, MultimodalModel
-from trainables._registry import register
+from mmtune.models.units import MaskLayer, MaskPiece
 
 __all__ = [
     "AMSS",
@@ -135,7 +129,6 @@ __all__ = [
     "expected_log_likelihood",
     "feature_entropy",
     "fisher_importance",
-    "inclusion_probability",
     "label_entropy",
     "mask_layers",
     "modal_significance",
@@ -148,8 +141,6 @@ __all__ = [
     "update_ratio",
 ]
 
-# inclusion_probability: |Σπ − n| < 1e-3 for n/C ≤ 0.95 on heavy-tailed weights (≈ 0.1 at n/C = 0.99).
-NEWTON_STEPS = 8
 PER_SAMPLE_BUDGET = 1 << 25  # floats of per-sample gradients materialised at once (128 MB)
 
 
@@ -162,12 +153,11 @@ class AMSSConfig(MethodConfig):
     p_min: float = hp(0.1, low=0.0, high=1.0, doc="lower clip of p (the code: 0.1)")
     p_max: float = hp(0.9, low=0.0, high=1.0, doc="upper clip of p (the code: 0.9)")
     plus: bool = hp(False, doc="AMSS+: scale sampled units by 1/(π_j + a) (Eq. 7–8)")
-    plus_pi: str = hp("importance", choices=("importance", "inclusion"), doc="π_j: w_j (Eq. 7–8 as printed, code) or inclusion probability")
-    plus_scale: str = hp("code", choices=("code", "normalized"), doc="1/(π_j + a) as is, or divided by its mean expectation")
     fisher: str = hp("batch", choices=("batch", "per_sample"), doc="F_j = g² of the batch gradient, or mean per-sample g²")
     sampling: str = hp("fisher", choices=("fisher", "uniform"), doc="units drawn ∝ importance (NAS) or uniformly")
     mask_unit: str = hp("auto", choices=("auto", "element"), doc="channels/heads/rows (App. C.2) or single weights")
-    mask_scope: str = hp("backbone", choices=("backbone", "classifier", "both"), doc="masked subnetwork (Table VII)")
+    mask_scope: str = hp("backbone", choices=("backbone", "classifier", "both"), doc="masked subnetwork (Table VII): backbone = its 'w/ Backbone Mask(+)' "
+                                                                                         "row, what the official code masks; both = the full AMSS(+) row")
     fixed_p: dict[str, float] | None = hp(None, doc="Table I's MS: a fixed p per modality, e.g. {audio: 0.2, video: 1.0}, "
                                                     "instead of Eq. 2–4 (null: adaptive AMSS)")
 
@@ -251,146 +241,11 @@ def code_update_ratio(xi: Tensor, numerator: Tensor, tau: float) -> Tensor:
 # ----------------------------------------------------------------------------- mask units and importance
 
 
-@dataclass(frozen=True)
-class MaskPiece:
-    """One parameter of a mask layer: its gradient viewed as ``shape``, the unit axis kept by ``reduce``."""
-
-    param: nn.Parameter
-    shape: tuple[int, ...]  # view of the (squared) gradient
-    reduce: tuple[int, ...]  # axes summed to get one Fisher value per unit (empty: elements)
-    mask_shape: tuple[int, ...]  # the (C,) unit mask viewed to broadcast over ``shape``
-    columns: tuple[int, int] | None = None  # only param[:, start:stop] (a modality's block of a shared head)
-
-    def of(self, tensor: Tensor) -> Tensor:
-        """This piece of a gradient-shaped tensor, as ``shape`` (a strided view for column blocks)."""
-        if self.columns is not None:
-            return tensor[:, self.columns[0]: self.columns[1]]
-        return tensor if tensor.shape == self.shape else tensor.view(self.shape)
-
-
-@dataclass(frozen=True)
-class MaskLayer:
-    """A layer l of modality ``modality``'s subnetwork with C_l = ``units`` mask units (App. C.2)."""
-
-    modality: int
-    units: int
-    kind: str  # channels | heads | rows | elements
-    pieces: tuple[MaskPiece, ...]
-
-
-def _rows(param: nn.Parameter) -> MaskPiece:
-    out = param.shape[0]
-    return MaskPiece(param, (out, param.numel() // out), (1,), (out, 1))
-
-
-def _elements(param: nn.Parameter) -> MaskPiece:
-    return MaskPiece(param, (param.numel(),), (), (param.numel(),))
-
-
-def _attention_heads(mha: nn.MultiheadAttention, modality: int) -> MaskLayer:
-    heads, head_dim, dim = mha.num_heads, mha.head_dim, mha.embed_dim
-    pieces = []
-    if mha.in_proj_weight is not None:  # rows [Q; K; V], each split by head
-        pieces.append(MaskPiece(mha.in_proj_weight, (3, heads, head_dim, dim), (0, 2, 3), (1, heads, 1, 1)))
-    else:
-        for w in (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight):
-            pieces.append(MaskPiece(w, (heads, head_dim, w.shape[1]), (1, 2), (heads, 1, 1)))
-    out = mha.out_proj.weight  # columns split by head
-    pieces.append(MaskPiece(out, (out.shape[0], heads, head_dim), (0, 2), (1, heads, 1)))
-    return MaskLayer(modality, heads, "heads", tuple(pieces))
-
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _hf_attention(module: nn.Module) -> bool:
-    """A Hugging Face BERT-style attention (``BertAttention``): ``self.query/key/value`` and ``output.dense``."""
-    self_attention, output = getattr(module, "self", None), getattr(module, "output", None)
-    return (isinstance(self_attention, nn.Module) and hasattr(self_attention, "num_attention_heads")
-            and all(isinstance(getattr(self_attention, n, None), nn.Linear) for n in ("query", "key", "value"))
-            and isinstance(getattr(output, "dense", None), nn.Linear))
-
-
-def _hf_attention_heads(module: nn.Module, modality: int) -> MaskLayer:
-    """Heads of a BERT attention: rows of Q, K, V split by head, columns of the output projection split by head."""
-    attention, dense = module.self, module.output.dense.weight
-    heads, head_dim = attention.num_attention_heads, attention.attention_head_size
-    pieces = [MaskPiece(w, (heads, head_dim, w.shape[1]), (1, 2), (heads, 1, 1))
-              for w in (attention.query.weight, attention.key.weight, attention.value.weight)]
-    pieces.append(MaskPiece(dense, (dense.shape[0], heads, head_dim), (0, 2), (1, heads, 1)))
-    return MaskLayer(modality, heads, "heads", tuple(pieces))
-
-
-def _residual_blocks(block: nn.Module) -> list[nn.Module]:
-    resnet = sys.modules.get("torchvision.models.resnet")  # not imported ⇒ no ResNet blocks exist
-    if resnet is None:
-        return []
-    return [m for m in block.modules() if isinstance(m, (resnet.BasicBlock, resnet.Bottleneck))]
-
-
-def _weight_modules(block: nn.Module) -> list[nn.Module]:
-    """Linear, convolution and attention modules of a depth block; for ResNet stages only the
-    convolutions of the residual branches (no stem, no downsample)."""
-    residual = _residual_blocks(block)
-    if residual:
-        return [c for rb in residual for c in rb.children() if isinstance(c, _CONVS)]
-    found, inside_attention = [], set()
-    for module in block.modules():
-        if id(module) in inside_attention:
-            continue
-        if isinstance(module, nn.MultiheadAttention):
-            inside_attention.add(id(module.out_proj))
-            found.append(module)
-        elif _hf_attention(module):  # BERT: its Q, K, V and output projections form one head layer
-            inside_attention.update(id(m) for m in module.modules() if m is not module)
-            found.append(module)
-        elif isinstance(module, (nn.Linear, *_CONVS)):
-            found.append(module)
-    return found
-
-
-def _module_layers(module: nn.Module, modality: int, unit: str) -> list[MaskLayer]:
-    if _hf_attention(module):
-        if unit == "element":
-            weights = [module.self.query.weight, module.self.key.weight, module.self.value.weight, module.output.dense.weight]
-            return [MaskLayer(modality, w.numel(), "elements", (_elements(w),)) for w in weights]
-        return [_hf_attention_heads(module, modality)]
-    if isinstance(module, nn.MultiheadAttention):
-        if unit == "element":
-            params = [p for p in (module.in_proj_weight, module.q_proj_weight, module.k_proj_weight,
-                                  module.v_proj_weight, module.out_proj.weight) if p is not None]
-            return [MaskLayer(modality, p.numel(), "elements", (_elements(p),)) for p in params]
-        return [_attention_heads(module, modality)]
-    return [_param_layer(module.weight, modality, unit, "channels" if isinstance(module, _CONVS) else "rows")]
-
-
-def _column_layer(param: nn.Parameter, start: int, stop: int, modality: int, unit: str) -> MaskLayer:
-    """Columns [start, stop) of a shared (out, in) weight: ``out`` row units, or its elements."""
-    out, width = param.shape[0], stop - start
-    if unit == "element":
-        return MaskLayer(modality, out * width, "elements", (MaskPiece(param, (out, width), (), (out, width), (start, stop)),))
-    return MaskLayer(modality, out, "rows", (MaskPiece(param, (out, width), (1,), (out, 1), (start, stop)),))
-
-
-def _param_layer(param: nn.Parameter, modality: int, unit: str, kind: str) -> MaskLayer:
-    if unit == "element":
-        return MaskLayer(modality, param.numel(), "elements", (_elements(param),))
-    return MaskLayer(modality, param.shape[0], kind, (_rows(param),))
-
-
 def mask_layers(model: MultimodalModel, modalities: Sequence[str], *, scope: str, unit: str) -> list[MaskLayer]:
-    """Every masked layer of every modality's subnetwork (``scope``: backbone | classifier | both)."""
-    layers: list[MaskLayer] = []
-    for k, m in enumerate(modalities):
-        if scope in ("backbone", "both"):
-            for block in model.depth_blocks(m):
-                for module in _weight_modules(block):
-                    layers.extend(_module_layers(module, k, unit))
-        if scope in ("classifier", "both"):
-            # A head's weight matrices: output rows are classes (Linear convention); biases excluded.
-            layers.extend(_param_layer(p, k, unit, "rows") for p in model.fusion.owned_parameters(m) if p.dim() >= 2)
-            # Concat: modality k's column block W^k of the shared head, its rows the units.
-            layers.extend(_column_layer(p, start, stop, k, unit) for p, start, stop in model.fusion.owned_columns(m))
+    """Every masked layer of every modality's subnetwork (``scope``: backbone | classifier | both), each
+    tagged with its modality's index; the units are the model's (:meth:`MultimodalModel.mask_units`)."""
+    layers = [dataclasses.replace(layer, modality=k)
+              for k, m in enumerate(modalities) for layer in model.mask_units(m, scope=scope, unit=unit)]
     seen: set[tuple[int, tuple[int, int] | None]] = set()
     unique = []
     for layer in layers:  # a parameter shared by two modules is masked once
@@ -462,9 +317,15 @@ def per_sample_fisher(model: MultimodalModel, params: Sequence[nn.Parameter], ba
 # ----------------------------------------------------------------------------- sampling and masks
 
 
-def sample_count(p: Tensor, units: int) -> Tensor:
-    """Eq. 6: ⌈p^(k)·C_l⌉ units per row (as a float tensor, for device-side comparisons)."""
-    return torch.ceil(p * units)
+def sample_count(p: Tensor | float, units: int) -> Tensor:
+    """Eq. 6: ⌈p^(k)·C_l⌉ units per row (as a float tensor, for device-side comparisons).
+
+    Counted in float64, less a tolerance of two float32 ulps of p times C_l (2^-23·C_l, the precision p
+    has): p = 0.15 is 0.15000000596 in float32 and 0.15000000000000002 as a Python float, so a plain
+    ceil would draw 16 of 100 units, not 15. A p within 2^-23 above k/C_l counts as k/C_l.
+    """
+    product = torch.as_tensor(p).to(torch.float64) * units
+    return torch.ceil(product - units * 2.0**-23).clamp_min(0.0).to(torch.float32)
 
 
 def sample_mask(weights: Tensor, counts: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -480,41 +341,11 @@ def sample_mask(weights: Tensor, counts: Tensor, generator: torch.Generator | No
     return torch.zeros_like(weights).scatter_(-1, order, chosen)
 
 
-def inclusion_probability(weights: Tensor, counts: Tensor, *, steps: int = NEWTON_STEPS) -> Tensor:
-    """π_j ≈ P(unit j ∈ S), n = ``counts`` draws without replacement ∝ w: π_j = 1 − exp(−t·w_j), Σ_j π_j = n.
-
-    In the exponential race unit j arrives at time E_j/w_j ~ Exp(w_j) and S holds the first n
-    arrivals; replacing the n-th arrival time by the t at which n arrivals are expected gives π_j.
-    Exact for uniform weights. Newton's method increases monotonically to the root (the constraint
-    is concave in t) from the uniform-weight root t = −C·log(1 − n/C), a lower bound by Jensen's
-    inequality; a full draw (n ≥ C) gives π = 1.
-    """
-    n = counts.unsqueeze(-1)
-    units = weights.shape[-1]
-    t = -units * torch.log1p(-(n / units).clamp_max(1.0 - 1e-6)).to(weights.dtype)
-    neg_w = -weights
-    deficit = units - n  # C − n
-    basis = torch.stack((torch.ones_like(weights), weights), dim=-1)  # [Σ_j e_j, Σ_j w_j·e_j] in one matmul
-    for _ in range(steps):
-        e = torch.exp(neg_w * t)
-        sums = (e.unsqueeze(-2) @ basis).squeeze(-2)
-        # f(t) = Σ_j (1 − e_j) − n = (C − n) − Σ_j e_j, f'(t) = Σ_j w_j·e_j:  t ← t − f/f'
-        t = torch.addcdiv(t, sums[..., :1] - deficit, sums[..., 1:].clamp_min(1e-30)).clamp_max(1e30)
-    pi = -torch.expm1(-weights * t)
-    return torch.where(n >= units, torch.ones_like(pi), pi)
-
-
-def unbiased_mask(mask: Tensor, pi: Tensor, *, inclusion: Tensor | None = None) -> Tensor:
-    """Eq. 7–8 (AMSS+): m_j = 1/(π_j + a) on sampled units, 0 elsewhere, a = 1/C_l.
-
-    Given ``inclusion`` (each unit's probability of being sampled), the multipliers are divided by
-    mean_j inclusion_j/(π_j + a), the unit-averaged expected multiplier, so that Σ_j E[m_j] = C_l.
-    """
+def unbiased_mask(mask: Tensor, importance: Tensor) -> Tensor:
+    """Eq. 7–8 (AMSS+): m_j = 1/(p_j + a) on sampled units, 0 elsewhere, with p_j the unit's normalised
+    importance (Eq. 5) and a = 1/C_l."""
     a = 1.0 / mask.shape[-1]
-    scale = 1.0 / (pi + a)
-    if inclusion is not None:
-        scale = scale / (inclusion * scale).mean(-1, keepdim=True).clamp_min(1e-12)
-    return mask * scale
+    return mask * (1.0 / (importance + a))
 
 
 # ----------------------------------------------------------------------------- the strategy
@@ -530,9 +361,11 @@ class _Group:
     uniform: Tensor  # (R, C) 1/C, the weights of uniform sampling
 
 
+@register
 class AMSS(BalancingMethod):
     name = "amss"
     Config = AMSSConfig
+    state = ("u",)  # the momentum u^(k) of Eq. 3, carried across epochs and checkpointed
     paper = "AMSS / AMSS+ — Yang et al., TPAMI 2025, DOI 10.1109/TPAMI.2025.3547417, arXiv:2404.08347"
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -580,7 +413,7 @@ class AMSS(BalancingMethod):
         """ξ^(k) of this batch and p^(k) (updating u^(k)); both (K,) in ``self.modalities`` order."""
         cfg: AMSSConfig = self.config
         features = [out.features[m] for m in self.modalities]  # no_grad: nothing joins the graph
-        uni = model.unimodal_logits(dict(zip(self.modalities, features, strict=True)))
+        uni = model.modality_logits(dict(zip(self.modalities, features, strict=True)))
         log_lik = expected_log_likelihood(torch.stack([uni[m] for m in self.modalities]), labels)
         h_x = feature_entropy(features)
         if cfg.formula == "paper":
@@ -624,15 +457,7 @@ class AMSS(BalancingMethod):
                     ]))
                 mask = sample_mask(weights, counts, ctx.generator)
                 if cfg.plus:
-                    normalized = cfg.plus_scale == "normalized"
-                    inclusion = None
-                    if cfg.plus_pi == "inclusion" or normalized:
-                        if squared is None:  # uniform: exactly n/C
-                            inclusion = (counts / group.units).unsqueeze(-1).expand_as(mask)
-                        else:
-                            inclusion = inclusion_probability(weights, counts)
-                    pi = weights if cfg.plus_pi == "importance" else inclusion
-                    mask = unbiased_mask(mask, pi, inclusion=inclusion if normalized else None)
+                    mask = unbiased_mask(mask, weights)
                 for layer, row in zip(group.layers, mask.unbind(0), strict=True):
                     for piece in layer.pieces:
                         g = grads[id(piece.param)]
@@ -649,16 +474,3 @@ class AMSS(BalancingMethod):
     def _squared(squared: dict[int, Tensor], piece: MaskPiece) -> Tensor:
         sq = squared.get(id(piece.param))
         return sq if sq is not None else torch.zeros(piece.param.shape, device=piece.param.device)
-
-    # -- checkpointing --------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"u": None if self.u is None else self.u.detach().cpu()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        u = state["u"]
-        self.u = None if u is None else u.to(self.device)
-
-
-@register
-class AMSSTrainable(BalancedTrainable):
-    method = AMSS

@@ -14,19 +14,15 @@ from dataclasses import dataclass
 
 from mmtune.config import hp
 from mmtune.engine.method import BalancingMethod, MethodConfig
-from mmtune.engine.trainable import BalancedTrainable
 from mmtune.errors import ConfigError, Problem
-from trainables._registry import register
+from mmtune.engine.registry import register
 
 
+@register
 class Joint(BalancingMethod):
     name = "joint"
     paper = "baseline: joint training with one cross-entropy loss"
 
-
-@register
-class JointTrainable(BalancedTrainable):
-    method = Joint
 
 
 @dataclass(frozen=True)
@@ -34,10 +30,12 @@ class UnimodalConfig(MethodConfig):
     modality: str = hp("video", doc="the one modality to train on")
 
 
+@register
 class Unimodal(BalancingMethod):
     name = "unimodal"
     Config = UnimodalConfig
     paper = "baseline: one modality trained alone"
+    composable = "a baseline that trains one modality alone; the balancing methods need them all"
 
     @classmethod
     def select_modalities(cls, config: UnimodalConfig, modalities: list[str]) -> list[str]:
@@ -46,8 +44,3 @@ class Unimodal(BalancingMethod):
                 [Problem("params.modality", f"'{config.modality}' is not a modality of this dataset: {modalities}.")]
             )
         return [config.modality]
-
-
-@register
-class UnimodalTrainable(BalancedTrainable):
-    method = Unimodal

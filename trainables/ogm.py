@@ -24,7 +24,9 @@ Variants (hyperparameters, so one sweep can grid over them):
   every modulated tensor of every modality (the weak modality's too, where k = 1).
 * ``variant: boost`` (OGM*, §4.4.2): the dominant modality is left alone and the weak one's gradient
   is enlarged. The paper gives no formula; our reading mirrors Eq. 11: for ρ_t^m < 1,
-  k_t^m = 1 + α·z(1/ρ_t^m) (ratio form; 2 − ρ for the difference form), else 1.
+  k_t^m = 1 + α·z(1/ρ_t^m) (ratio form; 2 − ρ for the difference form), else 1. The official TPAMI
+  code's ``use_OGM_plus`` does something else: it multiplies the weak modality's gradient by a
+  constant 4, whatever ρ is (not offered as a variant; ``alpha`` has no role there).
 * ``gamma``, ``discrepancy``, ``z`` (Tables 14–15) and the window ``start_epoch``/``end_epoch`` (E).
 
 Traces: ``trace/k/<m>`` and ``trace/rho/<m>`` (means over the epoch's modulated steps).
@@ -39,11 +41,10 @@ from torch import Tensor
 
 from mmtune.config import hp
 from mmtune.engine.method import BalancingMethod, StepContext
-from mmtune.engine.trainable import BalancedTrainable
 from mmtune.errors import ConfigError, Problem
 from mmtune.models.multimodal import MultimodalModel
-from trainables._discrepancy import DiscrepancyConfig, batch_discrepancy, check_gamma, z_function
-from trainables._registry import register
+from mmtune.trainables._discrepancy import DiscrepancyConfig, batch_discrepancy, check_gamma, z_function
+from mmtune.engine.registry import register
 
 __all__ = ["OGM", "OGMConfig", "gradient_coefficient", "boost_coefficient", "generalisation_noise", "modulate"]
 
@@ -54,7 +55,9 @@ class OGMConfig(DiscrepancyConfig):
     ge: bool = hp(False, doc="OGM-GE: add generalisation-enhancement noise (Eq. 16–17)")
     k_form: str = hp("paper", choices=("paper", "cvpr2022", "cvpr2022_relu"), doc="k of Eq. 11 or of the CVPR 2022 code")
     scope: str = hp("encoder", choices=("encoder", "conv"), doc="all encoder parameters (paper) or 4-D conv weights (code)")
-    variant: str = hp("attenuate", choices=("attenuate", "boost"), doc="attenuate the dominant (OGM) or boost the weak (OGM*)")
+    variant: str = hp("attenuate", choices=("attenuate", "boost"), doc="attenuate the dominant (OGM) or boost the weak (OGM*, our "
+                                                                           "reading; the TPAMI code's use_OGM_plus instead multiplies "
+                                                                           "the weak modality's gradient by a constant 4)")
 
 
 def gradient_coefficient(rho: Tensor, alpha: float, *, k_form: str = "paper", z: str = "tanh") -> Tensor:
@@ -107,6 +110,7 @@ def modulate(grads: list[Tensor], k: Tensor, noise: list[Tensor] | None = None) 
         torch._foreach_add_(grads, noise)
 
 
+@register
 class OGM(BalancingMethod):
     name = "ogm"
     Config = OGMConfig
@@ -146,8 +150,3 @@ class OGM(BalancingMethod):
             modulate(grads, k[i], noise)
         self.traces.add_many("k", k, self.modalities)
         self.traces.add_many("rho", rho, self.modalities)
-
-
-@register
-class OGMTrainable(BalancedTrainable):
-    method = OGM

@@ -10,8 +10,16 @@ Equation → function:
   Bernoulli(1 − q_t^m) keep flag per sample and modality; the model zeroes the dropped samples'
   feature φ^m before fusion (training only — evaluation never drops).
 
-Timing, as Algorithm 1 states it: the q computed from step t's forward pass is used at step t + 1.
-The first modulated step of a trial uses q = 0. q carries over epoch boundaries and is checkpointed.
+Timing, as Algorithm 1 states it (``timing: paper``, default): the q computed from step t's forward
+pass is used at step t + 1. The first modulated step of a trial uses q = 0. q carries over epoch
+boundaries and is checkpointed.
+
+``timing: code``: the official TPAMI code (BML_TPAMI2024) instead computes q from the *current*
+batch — it encodes the batch, scores it, and drops within the same batch. Here ``before_forward``
+encodes the batch once (with grad, through ``ctx.model``), computes ρ and q from those features
+under no_grad, and hands the features to the forward pass (``batch.features``), so the encoders still
+run once per step. The code also warms up for 6 epochs before modulating: ``start_epoch: 7`` here
+(1-based). Its full configuration is ``timing: code, p_exe: 0.7, rescale: theta_all, start_epoch: 7``.
 
 Variants of the official TPAMI code (BML_TPAMI2024), as hyperparameters:
 * ``p_exe``: the code executes the drop on a batch only with probability p_exe (0.7 there); default
@@ -29,7 +37,6 @@ Traces: ``trace/q/<m>`` (mean q used per step), ``trace/rho/<m>``, ``trace/kept/
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +46,10 @@ from torch import Tensor
 from mmtune.config import hp
 from mmtune.data.base import Batch
 from mmtune.engine.method import BalancingMethod, StepContext
-from mmtune.engine.trainable import BalancedTrainable
+from mmtune.engine.metrics import discrepancy_ratio, unimodal_score_sums
 from mmtune.models.multimodal import MultimodalModel
-from trainables._discrepancy import DiscrepancyConfig, batch_discrepancy, check_gamma, z_function
-from trainables._registry import register
+from mmtune.trainables._discrepancy import DiscrepancyConfig, batch_discrepancy, check_gamma, z_function
+from mmtune.engine.registry import register
 
 __all__ = ["OPM", "OPMConfig", "drop_probability", "sample_keep_masks", "feature_scale"]
 
@@ -53,6 +60,9 @@ class OPMConfig(DiscrepancyConfig):
     lam: float = hp(0.5, low=0.0, low_open=True, doc="adjustment degree λ (Eq. 8)")
     p_exe: float = hp(1.0, low=0.0, high=1.0, doc="probability a batch executes the drop (code: 0.7; paper: 1)")
     rescale: str = hp("none", choices=("none", "theta_all", "inverted"), doc="scaling of kept features (see docstring)")
+    timing: str = hp("paper", choices=("paper", "code"), doc="paper: q from the previous step (Alg. 1); code: the official code's q "
+                                                    "from this batch, dropped within it (its full setting: "
+                                                    "p_exe=0.7 rescale=theta_all start_epoch=7, a 6-epoch warm-up)")
 
 
 def drop_probability(rho: Tensor, q_base: float, lam: float, *, z: str = "tanh") -> Tensor:
@@ -79,9 +89,11 @@ def feature_scale(q: Tensor, dims: Tensor, rescale: str) -> Tensor:
     raise ValueError(f"unknown rescale {rescale!r}")
 
 
+@register
 class OPM(BalancingMethod):
     name = "opm"
     Config = OPMConfig
+    state = ("q",)  # q_t, computed at step t and used at step t + 1 (Alg. 1), across epochs too
     paper = "OPM — Wei et al., TPAMI 2024, arXiv:2410.11582 (§3.2, Alg. 1)"
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -94,6 +106,13 @@ class OPM(BalancingMethod):
 
     def before_forward(self, batch: Batch, ctx: StepContext) -> Batch:
         cfg: OPMConfig = self.config
+        if cfg.timing == "code":  # the official code: score this batch, then drop within it
+            batch.features = ctx.model.encode(batch.inputs)
+            with torch.no_grad():
+                uni = ctx.model.stacked_unimodal_logits(batch.features, bias_split=cfg.gamma)
+                rho = discrepancy_ratio(unimodal_score_sums(uni, batch.labels), cfg.discrepancy)
+            self.q = drop_probability(rho, cfg.q_base, cfg.lam, z=cfg.z)
+            self.traces.add_many("rho", rho, self.modalities)
         keep = sample_keep_masks(self.q, len(batch), ctx.generator)
         if cfg.p_exe < 1.0:
             execute = (torch.rand((), generator=ctx.generator, device=self.device) < cfg.p_exe).float()
@@ -110,17 +129,8 @@ class OPM(BalancingMethod):
     def modulate_gradients(self, model: MultimodalModel, out, batch: Batch, ctx: StepContext) -> None:
         # Alg. 1: ρ_t from this step's forward pass gives q_{t+1}, used by the next step's drop.
         cfg: OPMConfig = self.config
+        if cfg.timing == "code":
+            return
         rho = batch_discrepancy(model, out, batch.labels, cfg)
         self.q = drop_probability(rho, cfg.q_base, cfg.lam, z=cfg.z)
         self.traces.add_many("rho", rho, self.modalities)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"q": self.q.detach().cpu()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.q = state["q"].to(self.device)
-
-
-@register
-class OPMTrainable(BalancedTrainable):
-    method = OPM

@@ -25,6 +25,9 @@ class Batch:
     inputs: dict[str, Tensor]
     labels: Tensor
     drop: dict[str, Tensor] | None = None
+    # Encoder outputs a method already computed in before_forward (with grad), reused by the forward
+    # pass instead of encoding again (e.g. OPM's code timing scores the batch before dropping in it).
+    features: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]

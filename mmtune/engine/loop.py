@@ -1,8 +1,10 @@
 """The one epoch loop (DESIGN §3.2). Every balancing method runs through it, by hooks.
 
-Read it top to bottom like nanoGPT's train.py: batch → method.before_forward → forward → loss
-(+ method.extra_loss) → backward → method.modulate_gradients → clip → step. Nothing here reads a
-value back to the host per batch: the loss is summed on the device and read once per epoch.
+Read it top to bottom like nanoGPT's train.py: batch → method.before_forward → forward →
+method.loss (+ method.extra_loss) → backward → method.modulate_gradients → clip → step →
+method.after_step. The loop knows no method by name: everything a method changes goes through these
+hooks (:mod:`mmtune.engine.method`). Nothing here reads a value back to the host per batch: the loss
+is summed on the device and read once per epoch.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def train_epoch(
         ctx.step = step
         if active:
             batch = method.before_forward(batch, ctx)
-        out = model(batch.inputs, drop=batch.drop)
-        loss = F.cross_entropy(out.logits, batch.labels)
+        out = model(batch.inputs, drop=batch.drop, features=batch.features)
+        loss = method.loss(out, batch, ctx) if active and method.replaces_loss else F.cross_entropy(out.logits, batch.labels)
         if active:
             extra = method.extra_loss(out, batch, ctx)
             if extra is not None:
@@ -61,6 +63,8 @@ def train_epoch(
         optimizer.step()
         # Free the gradients now rather than at the next backward: no need for that memory.
         optimizer.zero_grad(set_to_none=True)
+        if active:
+            method.after_step(out, batch, ctx)
         n = len(batch)
         loss_sum += loss.detach() * n
         samples += n

@@ -1,20 +1,35 @@
-"""The balancing-method strategy: the hooks the one training loop calls (DESIGN §3.2).
+"""The balancing-method contract (v2): the hooks the one training loop calls (DESIGN §3.2).
 
 A method is a small object, not a subclass of the loop. Per batch the loop calls, by name and in
 this order::
 
     batch = method.before_forward(batch, ctx)              # e.g. OPM: sample drop masks
     out   = model(batch.inputs, drop=batch.drop)
-    loss  = cross_entropy(out.logits, y) + method.extra_loss(out, batch, ctx)
+    loss  = method.loss(out, batch, ctx)                   # the task loss: CE of the fused logits
+    loss += method.extra_loss(out, batch, ctx)             # e.g. AIM: L_mod, PMR: prototype CE
     loss.backward()
     method.modulate_gradients(model, out, batch, ctx)      # e.g. OGM: scale modality gradients
     optimizer.step()
+    method.after_step(out, batch, ctx)                     # e.g. AGM: running averages
 
 plus ``begin_epoch(ctx)`` / ``end_epoch(ctx) -> traces`` around each epoch. The per-batch hooks are
 called only inside the modulation window ``start_epoch <= epoch <= end_epoch`` (1-based, inclusive;
 the papers' E) unless a method sets ``always_active`` (e.g. AIM, whose phases switch at E): that is
 the one mechanism every method's window goes through, and ``ctx.modulating`` says which side of it
 an always-active method is on.
+
+What a hook may see: one :class:`StepContext` with the epoch and step, the method's own RNG, the
+model, the optimizer, the trial's training split (for epoch-level passes: prototypes, class means)
+and the current :class:`Stage`. What a method keeps across steps is declared once in ``state``
+(attribute names): the base class saves and restores them with the trial's checkpoint.
+
+Multi-stage methods (UME: each modality alone, then the ensemble) return their schedule from
+:meth:`BalancingMethod.stages`; one Tune step stays one epoch and the trial knows the stage of each
+epoch, so a checkpoint restores mid-stage.
+
+Hook names are checked when a method is registered (:func:`check_hook_names`): a public method whose
+name is close to a hook's but not equal (``modulate_gradient``) is refused with a did-you-mean, so a
+typo never trains silently as joint.
 
 Traces (k, q, ρ, p …) are accumulated on the device with :class:`TraceMeter` and read back once per
 epoch, so no hook forces a host sync per batch.
@@ -23,18 +38,23 @@ epoch, so no hook forces a host sync per batch.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mmtune.config import Record, hp
-from mmtune.data.base import Batch
-from mmtune.errors import Problem
+from mmtune.data.base import Batch, TensorSplit
+from mmtune.errors import ConfigError, Problem
 
-__all__ = ["BalancingMethod", "MethodConfig", "StepContext", "TraceMeter"]
+if TYPE_CHECKING:
+    from mmtune.models.multimodal import ModelOutput, MultimodalModel
+
+__all__ = ["HOOKS", "BalancingMethod", "MethodConfig", "Stage", "StepContext", "TraceMeter", "check_hook_names", "check_stages"]
 
 
 @dataclass(frozen=True)
@@ -50,9 +70,22 @@ class MethodConfig(Record):
         return []
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a method's schedule: ``epochs`` consecutive epochs (Tune steps) under one name.
+
+    ``fresh_optimizer``: the trial builds a new optimizer and LR schedule when the stage starts (a
+    stage that trains a new model from scratch, e.g. UME's next uni-modal member).
+    """
+
+    name: str
+    epochs: int
+    fresh_optimizer: bool = False
+
+
 @dataclass
 class StepContext:
-    """What a hook may know about where training is."""
+    """What a hook may know about where training is, and what it may reach."""
 
     epoch: int  # 1-based
     step: int  # batch index within the epoch
@@ -60,6 +93,12 @@ class StepContext:
     modulating: bool  # inside [start_epoch, end_epoch]
     generator: torch.Generator  # the method's own RNG (on the training device), checkpointed
     device: torch.device
+    model: MultimodalModel | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    train: TensorSplit | None = None  # the trial's training split, for epoch-level passes (no val/test)
+    batch_size: int = 0  # the training mini-batch size
+    stage: Stage | None = None  # the stage this epoch belongs to
+    stage_epoch: int = 0  # 1-based epoch within the stage
 
 
 class TraceMeter:
@@ -109,13 +148,64 @@ class TraceMeter:
         self._vector_names.clear()
 
 
+# Every name the loop and the trial call on a method; a public method close to one of these but not
+# equal is a typo (checked at registration).
+HOOKS = frozenset({
+    "bind", "extra_parameters", "in_window", "stages", "select_modalities", "hyperparameters",
+    "begin_epoch", "end_epoch", "before_forward", "loss", "extra_loss", "modulate_gradients", "after_step",
+    "state_dict", "load_state_dict",
+})
+
+
+def check_hook_names(cls: type) -> None:
+    """Refuse a public method whose name is a near miss of a hook (``modulate_gradient``)."""
+    for name, value in vars(cls).items():
+        if name.startswith("_") or name in HOOKS or not callable(value) and not isinstance(value, (classmethod, staticmethod)):
+            continue
+        close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.8)
+        if close:
+            raise TypeError(
+                f"{cls.__name__}.{name} is not a hook the loop calls. Did you mean '{close[0]}'? "
+                f"Hooks: {', '.join(sorted(HOOKS))}. (A helper with a name this close to a hook is refused, "
+                "so that a typo never trains silently as joint; rename it.)"
+            )
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
 class BalancingMethod:
-    """Base strategy whose hooks all do nothing: that is exactly joint training."""
+    """Base strategy whose hooks all do nothing: that is exactly joint training.
+
+    Subclasses set ``name``, ``Config`` (a :class:`MethodConfig`), ``paper``, and ``state`` (the
+    attributes saved with a checkpoint: tensors, numbers, None, or lists/dicts of them), and
+    override the hooks they need.
+    """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     paper: ClassVar[str] = ""
     always_active: ClassVar[bool] = False
+    state: ClassVar[tuple[str, ...]] = ()
+    # True, or the reason this method does not compose with others by ``+`` (mmtune.engine.compose).
+    composable: ClassVar[bool | str] = True
 
     def __init__(self, config: MethodConfig, *, modalities: list[str], num_classes: int, device: torch.device):
         self.config = config
@@ -130,12 +220,16 @@ class BalancingMethod:
         """The modalities the trial trains on (all of them, except for the uni-modal baseline)."""
         return list(modalities)
 
-    def bind(self, model: torch.nn.Module) -> None:
+    def bind(self, model: MultimodalModel) -> None:
         """Called once after the model is built (cache parameter groups, add modules …)."""
 
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         """Trainable parameters the method owns (optimised with the model's)."""
         return []
+
+    def stages(self, epochs: int) -> tuple[Stage, ...]:
+        """The schedule of a trial of ``epochs`` epochs; one stage unless the method has several."""
+        return (Stage("train", epochs),)
 
     def in_window(self, epoch: int) -> bool:
         end = self.config.end_epoch
@@ -153,20 +247,44 @@ class BalancingMethod:
     def before_forward(self, batch: Batch, ctx: StepContext) -> Batch:
         return batch
 
-    def extra_loss(self, out: Any, batch: Batch, ctx: StepContext) -> Tensor | None:
+    # Methods that replace the task loss say so (composition refuses two of them in one composite).
+    replaces_loss: ClassVar[bool] = False
+
+    def loss(self, out: ModelOutput, batch: Batch, ctx: StepContext) -> Tensor:
+        """The task loss: cross-entropy of the fused logits (a method that sets ``replaces_loss`` may change it)."""
+        return F.cross_entropy(out.logits, batch.labels)
+
+    def extra_loss(self, out: ModelOutput, batch: Batch, ctx: StepContext) -> Tensor | None:
         return None
 
-    def modulate_gradients(self, model: torch.nn.Module, out: Any, batch: Batch, ctx: StepContext) -> None:
+    def modulate_gradients(self, model: MultimodalModel, out: ModelOutput, batch: Batch, ctx: StepContext) -> None:
+        return None
+
+    def after_step(self, out: ModelOutput, batch: Batch, ctx: StepContext) -> None:
+        """After ``optimizer.step()``: running statistics that must see the updated parameters."""
         return None
 
     # -- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """The attributes named in ``state``, moved to the CPU."""
+        return {name: _to_cpu(getattr(self, name)) for name in self.state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            raise ValueError(f"method '{self.name}' has no state, got keys {sorted(state)}")
+        if set(state) != set(self.state):
+            raise ValueError(f"method '{self.name}' keeps state {sorted(self.state)}, got keys {sorted(state)}")
+        for name in self.state:
+            setattr(self, name, _to_device(state[name], self.device))
 
     @classmethod
     def hyperparameters(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls.Config)]
+
+
+def check_stages(stages: tuple[Stage, ...], epochs: int, method: str) -> None:
+    """The stages must cover the trial's epochs exactly, each at least one epoch."""
+    total = sum(s.epochs for s in stages)
+    if total != epochs or any(s.epochs < 1 for s in stages):
+        plan = " + ".join(f"{s.name} {s.epochs}" for s in stages)
+        raise ConfigError([Problem("train.epochs", (
+            f"is {epochs}, but method '{method}' schedules {plan} = {total} epochs; every stage needs >= 1 epoch "
+            "and they must add up to train.epochs. Set train.epochs to the sum, or change the stage budgets in params."))])

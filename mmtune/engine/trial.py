@@ -33,10 +33,12 @@ import torch
 from mmtune.config import Record, from_dict, hp, to_dict
 from mmtune.data import build_dataset, dataset_config
 from mmtune.engine.loop import evaluate, train_epoch
-from mmtune.engine.method import BalancingMethod, MethodConfig, StepContext
+from mmtune.config import external_name
+from mmtune.engine.method import BalancingMethod, MethodConfig, Stage, StepContext, check_stages
 from mmtune.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
 from mmtune.engine.probe import probe_metrics
-from mmtune.errors import ConfigError, Problem
+from mmtune.engine.registry import get_method
+from mmtune.errors import ConfigError, Problem, did_you_mean
 from mmtune.models import ModelConfig, build_model
 
 __all__ = ["TrainConfig", "TrialSpec", "Trial", "parse_trial_config", "TRIAL_SECTIONS", "resolve_device"]
@@ -88,13 +90,9 @@ class TrialSpec:
 
 def parse_trial_config(config: Mapping[str, Any], *, method: str | None = None) -> TrialSpec:
     """Validate a trial config; raise :class:`ConfigError` listing every problem with its path."""
-    from trainables import get_method  # the registry lives beside the methods
-
     problems: list[Problem] = []
     for key in config:
         if key not in TRIAL_SECTIONS:
-            from mmtune.errors import did_you_mean
-
             problems.append(
                 Problem(str(key), f"unknown key.{did_you_mean(str(key), TRIAL_SECTIONS)} Valid keys: {', '.join(TRIAL_SECTIONS)}.")
             )
@@ -135,8 +133,6 @@ class Trial:
     """Everything one training run needs, built from a :class:`TrialSpec`."""
 
     def __init__(self, spec: TrialSpec):
-        from trainables import get_method
-
         self.spec = spec
         self.device = resolve_device(spec.train.device)
         data = build_dataset(spec.dataset, self.device)
@@ -148,28 +144,47 @@ class Trial:
         self.model.to(self.device)
         self.method = method_cls(spec.params, modalities=modalities, num_classes=self.data.num_classes, device=self.device)
         self.method.bind(self.model)
-        t = spec.train
-        params = list(self.model.parameters()) + self.method.extra_parameters()
-        self.optimizer = build_optimizer(params, name=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+        self.stages = self.method.stages(spec.train.epochs)
+        check_stages(self.stages, spec.train.epochs, spec.method)
+        self._build_optimizer()
         self.data_generator = torch.Generator().manual_seed(spec.seed)  # batch order, drawn on the CPU
         self.method_generator = torch.Generator(self.device).manual_seed(spec.seed + 1_000_003)
         self.epoch = 0
         self.global_step = 0
         self.best: dict[str, float] = {}
 
+    def _build_optimizer(self) -> None:
+        t = self.spec.train
+        params = list(self.model.parameters()) + self.method.extra_parameters()
+        self.optimizer = build_optimizer(params, name=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+
     @property
     def modalities(self) -> list[str]:
         return self.data.modalities
+
+    def stage_of(self, epoch: int) -> tuple[Stage, int, bool]:
+        """The stage of a 1-based epoch, the epoch's 1-based index within it, and whether it is the last stage."""
+        start = 0
+        for i, stage in enumerate(self.stages):
+            if epoch <= start + stage.epochs:
+                return stage, epoch - start, i == len(self.stages) - 1
+            start += stage.epochs
+        return self.stages[-1], epoch - start + self.stages[-1].epochs, True
 
     def step(self) -> dict[str, float]:
         """Train one epoch, evaluate validation and test; return every metric of DESIGN §3.3."""
         self.epoch += 1
         t = self.spec.train
+        stage, stage_epoch, _ = self.stage_of(self.epoch)
+        if stage_epoch == 1 and stage.fresh_optimizer and self.epoch > 1:
+            self._build_optimizer()  # a stage that trains a new model starts its own optimizer and LR schedule
         ctx = StepContext(
             epoch=self.epoch, step=0, global_step=self.global_step,
             modulating=self.method.in_window(self.epoch),
             generator=self.method_generator, device=self.device,
+            model=self.model, optimizer=self.optimizer, train=self.data.train, batch_size=t.batch_size,
+            stage=stage, stage_epoch=stage_epoch,
         )
         start = time.perf_counter()
         self.method.begin_epoch(ctx)
@@ -197,8 +212,9 @@ class Trial:
         metrics: dict[str, float] = {"epoch": self.epoch, **dict(zip(keys, values, strict=True)), **traces}
         if not math.isfinite(metrics["train_loss"]):
             # A method's own learning rates (e.g. AIM's dap_lr) can diverge too: name them as well.
-            own = [f"params.{f.name} ({getattr(self.method.config, f.name)})"
-                   for f in dataclasses.fields(self.method.config) if f.name.endswith("_lr")]
+            config = self.method.config
+            own = [f"params.{external_name(type(config), f.name)} ({getattr(config, f.name)})"
+                   for f in dataclasses.fields(config) if f.name.endswith("_lr")]
             also = f", or the method's {', '.join(own)}" if own else ""
             raise FloatingPointError(
                 f"train_loss is {metrics['train_loss']} at epoch {self.epoch} (method {self.spec.method}, "

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from mmtune.errors import ConfigError, Problem, unknown_name_message
+from mmtune.models.units import CONVS, MaskLayer, module_layers, weight_modules
 
 __all__ = [
     "ENCODERS",
@@ -82,6 +83,16 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.forward_blocks(x))
+
+    def mask_units(self, unit: str = "auto") -> list[MaskLayer]:
+        """The mask units of the weight layers of every block, in order (AMSS App. C.2; :mod:`mmtune.models.units`).
+
+        ``unit``: ``auto`` (output channels of convolutions, heads of attentions, output rows of
+        linear layers) or ``element``. The base class finds the linear, convolution and
+        ``nn.MultiheadAttention`` layers of its blocks; an encoder built from other layers (or one
+        that masks a narrower set) overrides this.
+        """
+        return [layer for block in self.blocks for layer in module_layers(weight_modules(block), unit)]
 
 
 # ----------------------------------------------------------------------------- registry
@@ -233,6 +244,16 @@ class ResNet18Encoder(_FrameEncoder):
     @property
     def conv1(self) -> nn.Conv2d:
         return self.blocks[0][0]
+
+    def mask_units(self, unit: str = "auto") -> list[MaskLayer]:
+        """Only the convolutions of the residual branches (conv1/conv2 of every BasicBlock): not the stem
+        convolution, not the downsample projections, not BatchNorm — what the official AMSS code masks
+        (``'layer' in name and 'conv' in name``, 4-D)."""
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+
+        convs = [child for block in self.blocks for rb in block.modules() if isinstance(rb, (BasicBlock, Bottleneck))
+                 for child in rb.children() if isinstance(child, CONVS)]
+        return module_layers(convs, unit)
 
 
 def _load_resnet18(net: nn.Module, path: Path, in_chans: int) -> None:

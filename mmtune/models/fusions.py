@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mmtune.errors import ConfigError, unknown_name_message
+from mmtune.models.units import MaskLayer, column_layer, param_layer
 
 __all__ = ["Fusion", "FUSIONS", "build_fusion", "list_fusions", "register_fusion"]
 
@@ -88,6 +89,18 @@ class Fusion(nn.Module, ABC):
         feature alone (the concat head's W^m): its part of a head it shares with the others."""
         return []
 
+    def mask_units(self, modality: str, unit: str = "auto") -> list[MaskLayer]:
+        """The mask units of the classifier part this modality owns (AMSS Table VII's classifier scope):
+        the class rows of its own head's weights, then of its column block of a shared head. Biases
+        and shared parameters belong to no modality and have none."""
+        layers = [param_layer(p, unit, "rows") for p in self.owned_parameters(modality) if p.dim() >= 2]
+        return layers + [column_layer(p, start, stop, unit) for p, start, stop in self.owned_columns(modality)]
+
+    def own_logits(self, features: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """Each modality's prediction by a classifier of its own, when the fusion has one per modality
+        (late fusion's heads, unscaled); None otherwise."""
+        return None
+
 
 @register_fusion("concat")
 class ConcatFusion(Fusion):
@@ -144,6 +157,9 @@ class SumFusion(Fusion):
     def components(self, features: dict[str, Tensor], bias_split: Sequence[float] | None = None) -> dict[str, Tensor]:
         return {m: self.fc[m](features[m]) for m in self.modalities}
 
+    def own_logits(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.components(features)
+
 
 @register_fusion("late")
 class LateFusion(Fusion):
@@ -160,6 +176,9 @@ class LateFusion(Fusion):
 
     def components(self, features: dict[str, Tensor], bias_split: Sequence[float] | None = None) -> dict[str, Tensor]:
         return {m: self.heads[m](features[m]) / len(self.modalities) for m in self.modalities}
+
+    def own_logits(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.heads[m](features[m]) for m in self.modalities}
 
     def owned_parameters(self, modality: str) -> list[nn.Parameter]:
         return list(self.heads[modality].parameters())

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from mmtune.errors import ConfigError, Problem
 from mmtune.models.encoders import Encoder, _check_args, _shape_error, register_encoder
+from mmtune.models.units import MaskLayer, head_split_attention, module_layers
 
 __all__ = ["BERT_VOCAB_SIZE", "PAD_ID", "BertEncoder"]
 
@@ -159,6 +160,32 @@ class BertEncoder(Encoder):
 
     def pool_intermediate(self, h: Tensor, depth: int) -> Tensor:
         return h[:, 0, :-1]
+
+    def mask_units(self, unit: str = "auto") -> list[MaskLayer]:
+        """BERT's attention heads (Q, K, V rows and output-projection columns per head, AMSS App. C.2) and
+        the rows of its feed-forward linear layers, block by block in module order."""
+        layers: list[MaskLayer] = []
+        for block in self.blocks:
+            inside: set[int] = set()
+            for module in block.modules():
+                if id(module) in inside:
+                    continue
+                if _is_bert_attention(module):  # its Q, K, V and output projections form one head layer
+                    inside.update(id(m) for m in module.modules() if m is not module)
+                    a = module.self
+                    layers += head_split_attention(a.query, a.key, a.value, module.output.dense,
+                                                   a.num_attention_heads, a.attention_head_size, unit)
+                elif isinstance(module, nn.Linear):
+                    layers += module_layers([module], unit)
+        return layers
+
+
+def _is_bert_attention(module: nn.Module) -> bool:
+    """A Hugging Face BERT-style attention (``BertAttention``): ``self.query/key/value`` and ``output.dense``."""
+    self_attention, output = getattr(module, "self", None), getattr(module, "output", None)
+    return (isinstance(self_attention, nn.Module) and hasattr(self_attention, "num_attention_heads")
+            and all(isinstance(getattr(self_attention, n, None), nn.Linear) for n in ("query", "key", "value"))
+            and isinstance(getattr(output, "dense", None), nn.Linear))
 
 
 def _load_bert(path: Path) -> nn.Module:

@@ -54,11 +54,19 @@ _UNSET = object()
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+    """The value at ``dotted``; a key may itself hold dots (a composed method's ``params.opm.lam``)."""
     node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+    parts = dotted.split(".")
+    while parts:
+        if not isinstance(node, Mapping):
             return _UNSET
-        node = node[part]
+        for n in range(len(parts), 0, -1):  # the longest key that matches, e.g. "opm.lam" before "opm"
+            key = ".".join(parts[:n])
+            if key in node:
+                node, parts = node[key], parts[n:]
+                break
+        else:
+            return _UNSET
     return node
 
 

@@ -376,7 +376,7 @@ def _parse_seeds(raw: Any, problems: list[Problem]) -> list[int]:
 
 
 def _parse_methods(raw: Any, algorithm: str, problems: list[Problem]) -> tuple[list[MethodEntry], list[str]]:
-    from trainables import get_method
+    from mmtune.trainables import get_method
 
     if raw is None:
         problems.append(Problem("method", "is required: a registered method (see `mmtune methods`) or a list of them."))

@@ -1,22 +1,26 @@
 """The Ray Tune contract, written once (DESIGN §2): one ``step()`` is one epoch.
 
-``BalancedTrainable`` wraps a :class:`~mmtune.engine.trial.Trial`. Per-method subclasses pin the
-method (``class OGMTrainable(BalancedTrainable): method = OGM``); the base class takes the method
-from ``config["method"]`` so one Tuner can grid over methods. ``reset_config`` rebuilds the trial in
-place, so Tune can reuse actors across trials instead of paying a fresh Python + torch start-up
-for each (DESIGN §5).
+``BalancedTrainable`` wraps a :class:`~mmtune.engine.trial.Trial` and takes the method from
+``config["method"]``: one Trainable runs every registered method (and every composition), in sweeps
+and tests alike, so one Tuner can grid over methods. ``reset_config`` rebuilds the trial in place,
+so Tune can reuse actors across trials instead of paying a fresh Python + torch start-up for each
+(DESIGN §5).
+
+It lives in the sweep package, not the engine: the engine (and ``mmtune run``) never imports Ray.
+Importing this module registers the built-in methods, so a Ray worker that unpickles the class has
+them.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from ray import tune
 
-from mmtune.engine.method import BalancingMethod
+import mmtune.trainables  # noqa: F401  registers the built-in methods in this process (Ray workers too)
 from mmtune.engine.trial import Trial, parse_trial_config
 
 __all__ = ["BalancedTrainable", "CHECKPOINT_FILE"]
@@ -30,14 +34,10 @@ class BalancedTrainable(tune.Trainable):
     checkpoints at each trial's end. Each checkpoint makes Tune snapshot the experiment, which per
     short epoch would cost more than the epoch itself."""
 
-    method: ClassVar[type[BalancingMethod] | None] = None
     checkpoint_every_s: float = 0.0
 
     def _build(self, config: dict[str, Any]) -> None:
-        name = self.method.name if self.method is not None else None
-        if name is not None and config.get("method", name) != name:
-            raise ValueError(f"{type(self).__name__} runs method '{name}', but the config asks for '{config['method']}'")
-        self.trial = Trial(parse_trial_config(config, method=name))
+        self.trial = Trial(parse_trial_config(config))
         self._last_checkpoint = time.monotonic()
 
     def setup(self, config: dict[str, Any], checkpoint_every_s: float | None = None) -> None:

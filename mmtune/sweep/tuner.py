@@ -318,7 +318,7 @@ def _scheduler(spec: SweepSpec):
 def _trainable(spec: SweepSpec, trainable: Any = None) -> Any:
     from ray import tune
 
-    from mmtune.engine.trainable import BalancedTrainable
+    from mmtune.sweep.trainable import BalancedTrainable
 
     trainable = trainable or BalancedTrainable  # the method comes from each trial's config
     wrapped = tune.with_parameters(trainable, checkpoint_every_s=spec.checkpoint_every_s)

@@ -387,14 +387,14 @@ def test_duckdb_reads_the_tables_without_mmtune(tmp_path):
 def test_real_tune_run_is_stored(ray_session, tmp_path):
     from ray import tune
 
-    from trainables import get_trainable
+    from mmtune.sweep.trainable import BalancedTrainable
 
     # Seed 0 runs its 3 epochs; seed 1 is stopped by Tune after 1 (as ASHA would); seed 2 gets lr 1e6,
     # which diverges to NaN and raises FloatingPointError in Trial.step.
     space = config("joint", train={"lr": tune.sample_from(lambda spec: 1e6 if spec.config.seed == 2 else 0.05)})
     space["seed"] = tune.grid_search([0, 1, 2])
     tuner = tune.Tuner(
-        get_trainable("joint"),
+        BalancedTrainable,
         param_space=space,
         # One actor, reused: the failing trial (last in grid order) is the only one to end it.
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),

@@ -141,13 +141,13 @@ def test_rejects_test_metrics_and_pickles_without_its_console():
 def test_real_run_prints_plain_lines(ray_session, tmp_path):
     from ray import tune
 
-    from trainables import get_trainable
+    from mmtune.sweep.trainable import BalancedTrainable
 
     out = io.StringIO()
     progress = SweepProgress(total_trials=2, swept=["seed"], console=Console(file=out, force_terminal=False, width=160), line_interval_s=0)
     space = {**config(), "train": {**TINY["train"], "epochs": 2}, "seed": tune.grid_search([0, 1])}
     tune.Tuner(
-        get_trainable("joint"),
+        BalancedTrainable,
         param_space=space,
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="p", callbacks=[progress], verbose=0),
@@ -158,3 +158,12 @@ def test_real_run_prints_plain_lines(ray_session, tmp_path):
     assert len(re.findall(r"done +\w+ +TERMINATED at epoch 2/2", text)) == 2
     assert "2 trials (" in text and "TERMINATED 2" in text and "epochs run" in text
     assert re.search(r"best configuration \(val_acc, max, validation\): 0\.\d{4} ± 0\.\d{4} \(n=2, seeds 0,1\) method=joint", text)
+
+
+def test_lookup_finds_a_composed_methods_dotted_parameter():
+    from mmtune.sweep.progress import _UNSET, _lookup
+
+    config = {"params": {"opm.lam": 0.3, "fixed_p": {"audio": 0.2}}, "seed": 1}
+    assert _lookup(config, "params.opm.lam") == 0.3  # the key itself holds a dot
+    assert _lookup(config, "params.fixed_p.audio") == 0.2
+    assert _lookup(config, "params.amss.lam") is _UNSET

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from mmtune.engine.trainable import BalancedTrainable
+from mmtune.sweep.trainable import BalancedTrainable
 from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
 from mmtune.sweep.spec import parse_spec
 from mmtune.sweep.tuner import build_tuner, run_sweep

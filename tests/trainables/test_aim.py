@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from torch import nn
 
-import trainables.aim as aim  # registers 'aim' (trainables/__init__ does not import it yet)
+import mmtune.trainables.aim as aim  # registers 'aim' (trainables/__init__ does not import it yet)
 from mmtune.data.base import TensorSplit
 from mmtune.engine.loop import train_epoch
 from mmtune.engine.method import StepContext
 from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
 from mmtune.errors import ConfigError
 from mmtune.models import ModelConfig, build_model
-from trainables.aim import (
+from mmtune.trainables.aim import (
     AIM,
     AIMConfig,
     DecouplingMaps,

@@ -2,7 +2,8 @@
 
 For each method in the registry: setup + 2 steps on the synthetic set give every DESIGN §3.3 metric,
 finite; the same seed gives the same metrics; save → restore → continue equals an uninterrupted
-run; the Ray Trainable contract holds (in-process and through ``validate_save_restore``).
+run; the one Ray Trainable runs it and keeps the Trainable contract (in-process and through
+``validate_save_restore``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 from conftest import tiny_config
 
 from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
-from trainables import COMPOSITIONS, get_trainable, list_methods
+from mmtune.sweep.trainable import BalancedTrainable
+from mmtune.trainables import COMPOSITIONS, list_methods
 
 ALL_METHODS = list_methods() + COMPOSITIONS
 
@@ -80,7 +82,7 @@ def test_save_restore_continue_equals_uninterrupted(method):
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_trainable_checkpoint_roundtrip_in_process(method, tmp_path):
-    cls = get_trainable(method)
+    cls = BalancedTrainable
     a = cls(config=config_for(method))
     b = cls(config=config_for(method))
     try:
@@ -106,12 +108,12 @@ def test_ray_validate_save_restore(method, ray_session):
 
     config = config_for(method)
     config["train"]["epochs"] = 6  # validate_save_restore runs five steps
-    assert validate_save_restore(get_trainable(method), config)
+    assert validate_save_restore(BalancedTrainable, config)
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_trainable_reset_config_rebuilds_the_trial(method):
-    cls = get_trainable(method)
+    cls = BalancedTrainable
     trainable = cls(config=config_for(method))
     try:
         trainable.train()

@@ -13,7 +13,7 @@ from mmtune.engine.method import StepContext
 from mmtune.engine.metrics import discrepancy_ratio
 from mmtune.engine.trial import Trial, parse_trial_config
 from mmtune.errors import ConfigError
-from trainables.ogm import boost_coefficient, generalisation_noise, gradient_coefficient
+from mmtune.trainables.ogm import boost_coefficient, generalisation_noise, gradient_coefficient
 
 T1 = math.tanh(1.0)
 
@@ -91,7 +91,7 @@ def test_ogm_scales_exactly_the_modality_gradients(monkeypatch):
         seen["k"][1] = 1.0
         return seen["k"]
 
-    monkeypatch.setattr("trainables.ogm.gradient_coefficient", spy)
+    monkeypatch.setattr("mmtune.trainables.ogm.gradient_coefficient", spy)
     trial.method.modulate_gradients(model, out, batch, ctx)
     for p, g in zip(model.encoders["audio"].parameters(), before["audio"], strict=True):
         assert torch.equal(p.grad, g * seen["k"][0])

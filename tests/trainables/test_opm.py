@@ -13,8 +13,8 @@ from mmtune.engine.loop import evaluate
 from mmtune.engine.method import StepContext
 from mmtune.engine.metrics import discrepancy_ratio
 from mmtune.engine.trial import Trial, parse_trial_config
-from trainables._discrepancy import batch_discrepancy
-from trainables.opm import drop_probability, feature_scale, sample_keep_masks
+from mmtune.trainables._discrepancy import batch_discrepancy
+from mmtune.trainables.opm import drop_probability, feature_scale, sample_keep_masks
 
 
 def test_drop_probability_two_modalities():
@@ -93,3 +93,29 @@ def test_default_set_drops_audio_not_video():
     trial = Trial(parse_trial_config(tiny_config("opm", train={"epochs": 4})))
     metrics = [trial.step() for _ in range(4)][-1]
     assert metrics["trace/q/audio"] > 0.4 and metrics["trace/q/video"] < metrics["trace/q/audio"]
+
+
+def test_code_timing_scores_this_batch_and_encodes_it_once():
+    """timing=code (the official TPAMI code): q comes from the current batch's own features, the drop
+    happens in the same batch, and the forward reuses those features (one encoder pass per step)."""
+    trial, batch, ctx = setup(timing="code", q_base=0.9, lam=1.0)
+    ctx.model = trial.model
+    method, model = trial.method, trial.model
+    expected_rho = batch_discrepancy(model, model(batch.inputs), batch.labels, method.config)
+    expected_q = drop_probability(expected_rho, 0.9, 1.0)
+    assert (expected_q > 0).any()  # the dominant modality is dropped in this very batch
+    calls = {m: 0 for m in model.modalities}
+    hooks = [model.encoders[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+             for m in model.modalities]
+    try:
+        modulated = method.before_forward(batch, ctx)
+        assert torch.allclose(method.q, expected_q)
+        out = model(modulated.inputs, drop=modulated.drop, features=modulated.features)
+        F.cross_entropy(out.logits, modulated.labels).backward()
+        method.modulate_gradients(model, out, modulated, ctx)  # no change of q after the step
+        assert torch.allclose(method.q, expected_q)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == {m: 1 for m in model.modalities}
+    trial.step()  # and a whole epoch runs

@@ -1,0 +1,320 @@
+"""The method contract v2: registry and layering, hook-name checks, declared state, the context a
+hook sees, after_step, stages, the model interfaces, and composition (namespaced parameters,
+per-part windows, every pair of registered methods)."""
+
+from __future__ import annotations
+
+import ast
+import io
+import itertools
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from torch import Tensor
+
+import mmtune.trainables  # noqa: F401  registers the built-in methods
+from mmtune.cli import main
+from mmtune.config import from_dict, hp
+from mmtune.engine.method import BalancingMethod, MethodConfig, Stage
+from mmtune.engine.registry import METHODS, get_method, list_methods, register
+from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
+from mmtune.errors import ConfigError
+from mmtune.models import ModelConfig, build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fresh(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+# ----------------------------------------------------------------------------- layering
+
+
+def test_importing_the_methods_does_not_import_ray():
+    fresh("import mmtune.trainables, sys; assert 'ray' not in sys.modules, 'ray imported'")
+
+
+def test_mmtune_run_does_not_import_ray():
+    fresh("import sys; from mmtune.cli import main; "
+          "rc = main(['run', 'ogm', 'train.epochs=1', 'dataset.n_train=64', 'dataset.n_val=32', 'dataset.n_test=32']); "
+          "assert rc == 0 and 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))[:5]")
+
+
+def test_the_engine_finds_the_methods_through_entry_points_without_importing_them():
+    # A notebook that imports only the engine still finds 'ogm' (the mmtune.methods entry point).
+    out = fresh("import sys; from mmtune.engine.trial import Trial, parse_trial_config; "
+                "assert 'mmtune.trainables' not in sys.modules; "
+                "spec = parse_trial_config({'method': 'ogm'}); print(spec.method, 'mmtune.trainables' in sys.modules)")
+    assert out.split() == ["ogm", "True"]
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", ["engine", "models", "data"])
+def test_imports_run_one_way_methods_to_engine_to_models_and_data(package):
+    """Nothing below the methods imports them (or Ray); models and data never import the engine."""
+    for path in sorted((ROOT / "mmtune" / package).glob("*.py")):
+        imported = _imports(path)
+        assert not {n for n in imported if n.startswith(("mmtune.trainables", "trainables", "ray"))}, path
+        if package != "engine":
+            assert not {n for n in imported if n.startswith(("mmtune.engine", "mmtune.sweep"))}, path
+
+
+def test_methods_import_only_downwards():
+    for path in sorted((ROOT / "trainables").glob("*.py")):
+        imported = _imports(path)
+        assert not {n for n in imported if n.startswith(("mmtune.sweep", "mmtune.cli", "ray", "trainables"))}, path
+
+
+def test_the_wheel_has_no_top_level_trainables_package():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '"mmtune.trainables" = "trainables"' in text
+    import mmtune.trainables as t
+
+    assert Path(t.__file__).resolve().parent == ROOT / "trainables"
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def test_a_hook_typo_is_refused_with_a_did_you_mean():
+    class Typo(BalancingMethod):
+        name = "typo-method"
+
+        def modulate_gradient(self, model, out, batch, ctx):  # missing 's': would train as joint
+            pass
+
+    with pytest.raises(TypeError, match="Did you mean 'modulate_gradients'"):
+        register(Typo)
+    assert "typo-method" not in METHODS
+
+
+def test_helpers_with_unrelated_names_are_fine_and_duplicates_are_refused():
+    class Fine(BalancingMethod):
+        name = "fine-method"
+
+        def shapley_responses(self):
+            return None
+
+    try:
+        register(Fine)
+        assert get_method("fine-method") is Fine
+        class Other(BalancingMethod):
+            name = "fine-method"
+
+        with pytest.raises(ValueError, match="already registered"):
+            register(Other)
+    finally:
+        METHODS.pop("fine-method", None)
+
+
+def test_an_unknown_method_names_the_known_ones():
+    with pytest.raises(ConfigError, match="Did you mean 'ogm'"):
+        get_method("ogmm")
+
+
+# ----------------------------------------------------------------------------- context, state, stages
+
+
+@dataclass(frozen=True)
+class ProbeConfig(MethodConfig):
+    split: int = hp(2, low=1, doc="epochs of the first stage")
+
+
+class Probe(BalancingMethod):
+    """A test method that uses every v2 capability: two stages, declared state, ctx.train, after_step."""
+
+    name = "contract-probe"
+    Config = ProbeConfig
+    state = ("count", "means")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.count = torch.zeros((), device=self.device)
+        self.means: Tensor | None = None
+        self.seen: list[tuple] = []
+
+    def stages(self, epochs: int) -> tuple[Stage, ...]:
+        return (Stage("first", self.config.split), Stage("second", epochs - self.config.split, fresh_optimizer=True))
+
+    def begin_epoch(self, ctx):
+        super().begin_epoch(ctx)
+        assert ctx.model is not None and ctx.optimizer is not None and ctx.batch_size == 32
+        # An epoch-level pass over the training split (a class-mean, as PMR's prototypes).
+        feats = [ctx.model.encode(b.inputs)["audio"].mean(0) for b in ctx.train.batches(128)]
+        self.means = torch.stack(feats).mean(0).detach()
+        self.seen.append((ctx.epoch, ctx.stage.name, ctx.stage_epoch, len(ctx.train), id(ctx.optimizer)))
+
+    def after_step(self, out, batch, ctx):
+        self.count += 1
+        # after optimizer.step() and zero_grad: the gradients are gone
+        assert all(p.grad is None for p in ctx.model.parameters())
+
+
+def _probe_trial(epochs: int = 4) -> Trial:
+    register(Probe)
+    return Trial(parse_trial_config(tiny_config("contract-probe", train={"epochs": epochs})))
+
+
+@pytest.fixture
+def probe():
+    yield
+    METHODS.pop("contract-probe", None)
+
+
+def test_the_context_the_stages_and_after_step(probe):
+    trial = _probe_trial()
+    for _ in range(4):
+        trial.step()
+    seen = trial.method.seen
+    assert [(e, s, k) for e, s, k, _, _ in seen] == [(1, "first", 1), (2, "first", 2), (3, "second", 1), (4, "second", 2)]
+    assert all(n == 256 for _, _, _, n, _ in seen)  # the training split, never val/test
+    optimizers = [o for *_, o in seen]
+    assert optimizers[0] == optimizers[1] != optimizers[2] == optimizers[3]  # a fresh optimizer at stage 2
+    assert trial.method.count.item() == 4 * 8  # after_step once per step (256 / 32)
+
+
+def test_declared_state_is_checkpointed_and_restored_mid_stage(probe):
+    uninterrupted = _probe_trial()
+    expected = [uninterrupted.step() for _ in range(4)]
+    trial = _probe_trial()
+    for _ in range(3):  # into the second stage: its fresh optimizer is in the checkpoint
+        trial.step()
+    buffer = io.BytesIO()
+    torch.save(trial.state_dict(), buffer)
+    buffer.seek(0)
+    restored = _probe_trial()
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    assert restored.method.count.item() == 24 and torch.equal(restored.method.means, trial.method.means)
+    last = restored.step()
+    assert {k: v for k, v in last.items() if k not in TIMING_KEYS} == {k: v for k, v in expected[-1].items() if k not in TIMING_KEYS}
+
+
+def test_stages_that_do_not_add_up_are_refused(probe):
+    register(Probe)
+    with pytest.raises(ConfigError, match="schedules first 5 \\+ second -1"):
+        Trial(parse_trial_config(tiny_config("contract-probe", train={"epochs": 4}, params={"split": 5})))
+
+
+# ----------------------------------------------------------------------------- model interfaces
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum", "late", "film", "gated"])
+def test_subset_logits_zero_the_absent_modalities_for_every_fusion(fusion):
+    torch.manual_seed(0)
+    model = build_model(from_dict(ModelConfig, {"fusion": fusion, "hidden_dim": 8}),
+                        input_shapes={"a": (5,), "b": (5,), "c": (5,)}, num_classes=3)
+    x = {m: torch.randn(4, 5) for m in ("a", "b", "c")}
+    out = model(x)
+    subsets = model.all_subsets()
+    assert len(subsets) == 8 and subsets[0] == () and subsets[-1] == ("a", "b", "c")
+    got = model.subset_logits(out.features, subsets)
+    assert got.shape == (8, 4, 3)
+    assert torch.allclose(got[-1], out.logits, atol=1e-6)
+    for i, subset in enumerate(subsets):
+        zeroed = {m: f if m in subset else torch.zeros_like(f) for m, f in out.features.items()}
+        assert torch.allclose(got[i], model.fusion(zeroed), atol=1e-6)
+
+
+def test_modality_logits_are_each_modalitys_own_classifier():
+    torch.manual_seed(0)
+    late = build_model(from_dict(ModelConfig, {"fusion": "late"}), input_shapes={"a": (5,), "b": (5,)}, num_classes=3)
+    feats = late(x := {m: torch.randn(4, 5) for m in ("a", "b")}).features
+    own = late.modality_logits(feats)
+    assert torch.allclose(own["a"], late.fusion.heads["a"](feats["a"]))
+    assert torch.allclose(own["a"], 2 * late.unimodal_logits(feats)["a"])  # late: the fused component is head/M
+    concat = build_model(from_dict(ModelConfig, {"fusion": "concat"}), input_shapes={"a": (5,), "b": (5,)}, num_classes=3)
+    feats = concat(x).features
+    assert all(torch.equal(concat.modality_logits(feats)[m], concat.unimodal_logits(feats)[m]) for m in ("a", "b"))
+
+
+def test_an_encoder_declares_its_own_mask_units():
+    torch.manual_seed(0)
+    model = build_model(from_dict(ModelConfig, {"backbone": "mlp", "hidden_dim": 8, "num_layers": 2}),
+                        input_shapes={"a": (5,), "b": (5,)}, num_classes=3)
+    units = model.mask_units("a")
+    assert [(u.kind, u.units) for u in units] == [("rows", 8), ("rows", 8)]
+    assert model.encoders["a"].mask_units("element")[0].units == 8 * 5
+    both = model.mask_units("a", scope="both")
+    assert [(u.kind, u.units) for u in both][-1] == ("rows", 3)  # its column block of the concat head
+
+
+# ----------------------------------------------------------------------------- composition
+
+
+def test_namespaced_parameters_of_a_composition():
+    cls = get_method("opm+amss")
+    names = cls.hyperparameters()
+    assert {"opm.lam", "amss.lam", "q_base", "tau", "start_epoch"} <= set(names) and "lam" not in names
+    with pytest.raises(ConfigError, match="ambiguous in 'opm\\+amss'.*opm.lam and amss.lam"):
+        parse_trial_config(tiny_config("opm+amss", params={"lam": 0.3}))
+    spec = parse_trial_config(tiny_config("opm+amss", params={"opm.lam": 0.3, "amss": {"lam": 0.5}, "tau": 0.1}))
+    opm, amss = Trial(spec).method.children
+    assert (opm.config.lam, amss.config.lam, amss.config.tau) == (0.3, 0.5, 0.1)
+    assert spec.to_config()["params"]["opm.lam"] == 0.3  # stored as written
+    with pytest.raises(ConfigError, match="opm.lam"):
+        parse_trial_config(tiny_config("opm+amss", params={"opm.lam": -1.0}))
+
+
+def test_shared_declarations_stay_one_parameter():
+    names = get_method("opm+ogm").hyperparameters()
+    assert {"gamma", "discrepancy", "z", "start_epoch", "end_epoch", "alpha", "q_base", "lam"} <= set(names)
+
+
+def test_each_part_keeps_its_own_window():
+    # AIM is always active (its warm-up phase); OGM must not modulate before its own start epoch.
+    config = tiny_config("aim+ogm", params={"ogm.start_epoch": 3, "aim.start_epoch": 2})
+    trial = Trial(parse_trial_config(config))
+    history = [trial.step() for _ in range(3)]
+    assert "trace/k/audio" not in history[0] and "trace/k/audio" not in history[1]
+    assert "trace/k/audio" in history[2]
+
+
+def test_cli_overrides_reach_namespaced_parameters(capsys):
+    rc = main(["run", "opm+amss", "opm.lam=0.3", "params.amss.tau=0.1", "train.epochs=1",
+               "dataset.n_train=64", "dataset.n_val=32", "dataset.n_test=32", "--json"])
+    assert rc == 0
+    assert math.isfinite(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["val_acc"])
+
+
+HOOK_BASED = [m for m in list_methods() if get_method(m).composable is True]
+REFUSED = {(a, b) for a, b in itertools.combinations(list_methods(), 2)
+           if get_method(a).composable is not True or get_method(b).composable is not True}
+
+
+@pytest.mark.parametrize("pair", [f"{a}+{b}" for a, b in itertools.combinations(HOOK_BASED, 2)])
+def test_every_pair_of_hook_based_methods_composes(pair):
+    trial = Trial(parse_trial_config(tiny_config(pair, train={"epochs": 1}, dataset={"n_train": 128})))
+    metrics = trial.step()
+    assert all(math.isfinite(v) for v in metrics.values()), pair
+
+
+@pytest.mark.parametrize("pair", sorted(f"{a}+{b}" for a, b in REFUSED) or ["none"])
+def test_pairs_that_cannot_compose_are_refused_with_the_reason(pair):
+    if pair == "none":
+        pytest.skip("every registered method composes")
+    with pytest.raises(ConfigError, match="does not compose"):
+        get_method(pair)
+
+
+def test_a_method_with_itself_is_refused():
+    with pytest.raises(ConfigError, match="with itself"):
+        get_method("ogm+ogm")
