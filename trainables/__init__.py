@@ -12,6 +12,7 @@ from mmtune.trainables import ogm  # noqa: E402,F401  ogm (OGM, OGM-GE, OGM*)
 from mmtune.trainables import opm  # noqa: E402,F401  opm
 from mmtune.trainables import amss  # noqa: E402,F401  amss (AMSS, AMSS+; sampling, mask-unit and scope variants)
 from mmtune.trainables import aim  # noqa: E402,F401  aim (AIM, w/o PAM, w/o DAM, AIM-label)
+from mmtune.trainables import pmr  # noqa: E402,F401  pmr (PMR: prototypical modal rebalance)
 from mmtune.trainables import ume  # noqa: E402,F401  ume (uni-modal ensemble: one stage per modality)
 
 # Compositions exercised by shipped specs (every composable pair is tested in tests/trainables).
