@@ -13,6 +13,7 @@ from mmtune.trainables import opm  # noqa: E402,F401  opm
 from mmtune.trainables import amss  # noqa: E402,F401  amss (AMSS, AMSS+; sampling, mask-unit and scope variants)
 from mmtune.trainables import aim  # noqa: E402,F401  aim (AIM, w/o PAM, w/o DAM, AIM-label)
 from mmtune.trainables import pmr  # noqa: E402,F401  pmr (PMR: prototypical modal rebalance)
+from mmtune.trainables import agm  # noqa: E402,F401  agm (AGM: Shapley responses, adaptive gradient modulation)
 from mmtune.trainables import ume  # noqa: E402,F401  ume (uni-modal ensemble: one stage per modality)
 
 # Compositions exercised by shipped specs (every composable pair is tested in tests/trainables).
