@@ -63,6 +63,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "opm-film": ("opm", {"model.fusion": "film"}),
     "ogm-gated": ("ogm", {"model.fusion": "gated"}),
     "opm-probe": ("opm", {"train.probe": True}),
+    # Added with the methods contract v2 (recorded then, not at 8b18039):
+    "opm-timing-code": ("opm", {"params.timing": "code", "params.p_exe": 0.7, "params.rescale": "theta_all"}),
+    "opm+amss": ("opm+amss", {"params.opm.lam": 0.3}),
+    "aim+ogm": ("aim+ogm", {"params.aim.start_epoch": 2}),
+    "pmr": ("pmr", {}),
+    "pmr-code": ("pmr", {"params.coeff": "code", "params.entropy": False}),
+    "agm": ("agm", {}),
+    "agm-inputs-3mod": ("agm", {"params.padding": "inputs", "dataset.modalities": ["audio", "video", "text"]}),
+    "ume": ("ume", {"train.epochs": 4}),
 }
 # Real-dataset fixture (CREMA-D layout) with ResNet-18 for both modalities.
 CREMAD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
