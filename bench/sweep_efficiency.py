@@ -386,8 +386,8 @@ def barrier_trainable(slots: int, timeout_s: float = 60.0):
     barrier = Barrier.remote()
 
     class BarrierTrainable(BalancedTrainable):
-        def setup(self, config: dict[str, Any]) -> None:
-            super().setup(config)
+        def setup(self, config: dict[str, Any], **kwargs: Any) -> None:
+            super().setup(config, **kwargs)
             ray.get(barrier.arrive.remote())
             deadline = time.monotonic() + timeout_s
             while ray.get(barrier.count.remote()) < slots and time.monotonic() < deadline:

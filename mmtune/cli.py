@@ -5,14 +5,15 @@
   (``train.epochs=3``, ``dataset.dominance=4``, ``model.fusion=sum``, ``seed=1``) and bare method
   hyperparameters (``alpha=0.8``). ``--json``: the last stdout line is one JSON object of the final
   metrics.
-* ``mmtune methods`` — every registered method with its hyperparameters, defaults and valid ranges.
+* ``mmtune methods [NAME]`` — every registered method (or one, or a composition) with its hyperparameters,
+  defaults (as YAML) and valid ranges.
 * ``mmtune validate SPEC`` — check a sweep spec; every problem with its YAML path and line; exit 2.
-* ``mmtune sweep SPEC [--storage DIR|URI] [--name NAME] [--address auto] [--max-concurrent N]
-  [--smoke-test]`` — validate, then run the sweep with Ray Tune; live progress; Parquet tables under
+* ``mmtune sweep SPEC [key=value ...] [--storage DIR|URI] [--name NAME] [--address auto] [--max-concurrent N]
+  [--smoke-test]`` — apply the overrides (``train.epochs=5 seeds=[0,1] alpha=0.5``), validate, then run the sweep with Ray Tune; live progress; Parquet tables under
   ``<storage>/<name>``. Exit 0 when every trial finished (or was stopped early by ASHA), 1 when some
   trial ended in ERROR (the others still ran), 2 for an invalid spec (nothing started or written).
 * ``mmtune resume DIR [--retry-errored]`` — continue an interrupted sweep from its checkpoints.
-* ``mmtune ls [--storage DIR|URI]`` — the sweeps under a storage path, with status counts and progress.
+* ``mmtune ls [STORAGE]`` — the sweeps under a storage path (default ``runs``), with status counts and progress.
 * ``mmtune report SWEEP [--out reports/<name>.md] [--metric val_acc] [--latex] [--paper-protocol]
   [--baseline LABEL]`` — markdown ablation tables (mean ± std (n) over seeds, paired significance vs
   the baseline) and plots, built from the stored tables only.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +35,7 @@ from typing import Any, Self
 import yaml
 
 from mmtune import __version__
-from mmtune.errors import ConfigError, Problem
+from mmtune.errors import ConfigError, Problem, did_you_mean
 
 EXIT_USAGE = 2
 SECTIONS = ("dataset", "model", "train", "params")
@@ -53,11 +55,13 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], list[Problem]]:
+def apply_overrides(config: dict[str, Any], overrides: Sequence[str], *,
+                    top_level: Sequence[str] = ("seed",)) -> tuple[dict[str, Any], list[Problem]]:
     """``["train.lr=0.1", "alpha=0.8", "seed=1"]`` → nested config (bare keys are method params).
 
-    Returns the config and the syntax problems found, so callers can report them together with
-    the config's own problems in one pass.
+    ``top_level``: the bare keys that are not method parameters (``seed`` for a run; ``seeds``,
+    ``name`` … for a sweep spec). Returns the config and the syntax problems found, so callers can
+    report them together with the config's own problems in one pass.
     """
     problems = []
     for item in overrides:
@@ -68,7 +72,10 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> tuple[d
             continue
         value = parse_value(raw)
         section, dot, rest = key.partition(".")
-        if key == "seed" or key == "method":
+        if key == "method":
+            problems.append(Problem(key, "the method is the command's first argument (`mmtune run ogm …`), not an "
+                                         "override; `method=` would silently replace it."))
+        elif key in top_level:
             config[key] = value
         elif dot and rest and section in str(config.get("method", "")).split("+") and "+" in str(config.get("method", "")):
             config.setdefault("params", {})[key] = value  # a composed method's own name: opm.lam=0.5
@@ -104,26 +111,39 @@ def _section_keys() -> list[str]:
 def validate_run_config(config: dict[str, Any], syntax: list[Problem]):
     """Parse a run config; raise one ConfigError with the syntax and config problems together."""
     from mmtune.engine.trial import parse_trial_config
-    from mmtune.errors import did_you_mean
 
     try:
         spec = parse_trial_config(config)
     except ConfigError as err:
-        problems = list(syntax)
-        for p in err.problems:
-            leaf = p.path.removeprefix("params.")
-            if p.path.startswith("params.") and "unknown key" in p.message and "Did you mean" not in p.message:
-                hint = did_you_mean(leaf, [k.split(".")[-1] for k in _section_keys()])
-                if hint:
-                    full = next(k for k in _section_keys() if k.split(".")[-1] == hint.split("'")[1])
-                    p = Problem(leaf, f"is not a hyperparameter of method '{config.get('method')}'. Did you mean '{full}'? {p.message.split('. ', 1)[-1]}")
-                else:
-                    p = Problem(leaf, f"is not a hyperparameter of method '{config.get('method')}'. {p.message.split('. ', 1)[-1]}")
-            problems.append(p)
-        raise ConfigError(problems) from None
+        raise ConfigError([*syntax, *prefer_section_keys(err.problems, f"method '{config.get('method')}'")]) from None
     if syntax:
         raise ConfigError(syntax)
     return spec
+
+
+def prefer_section_keys(problems: Sequence[Problem], owner: str, *, keep_path: bool = False) -> list[Problem]:
+    """An unknown bare key that is the last part of a section key (``epochs`` → ``train.epochs``) gets
+    that key as its suggestion, ahead of a look-alike hyperparameter (``end_epoch``)."""
+    out = []
+    keys = _section_keys()
+    for p in problems:
+        leaf = p.path.removeprefix("params.")
+        unknown = "unknown key" in p.message or "is not a hyperparameter" in p.message
+        if not (p.path.startswith("params.") and unknown and "." not in leaf):
+            out.append(p)
+            continue
+        valid = p.message.split("Valid keys: ", 1)[-1] if "Valid keys: " in p.message else ""
+        exact = [k for k in keys if k.split(".")[-1] == leaf]
+        if exact:
+            hint = f" Did you mean '{exact[0]}'?"
+        elif "Did you mean" in p.message:
+            hint = " Did you mean" + p.message.split("Did you mean", 1)[1].split("?", 1)[0] + "?"
+        else:
+            close = did_you_mean(leaf, [k.split(".")[-1] for k in keys])
+            hint = f" Did you mean '{next(k for k in keys if k.split('.')[-1] == close.split(chr(39))[1])}'?" if close else ""
+        out.append(Problem(p.path if keep_path else leaf,
+                           f"is not a hyperparameter of {owner}.{hint}" + (f" Its hyperparameters: {valid}" if valid else "")))
+    return out
 
 
 def _console(stderr: bool):
@@ -218,11 +238,13 @@ class _EpochTable:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from mmtune.engine.threads import auto_threads, configure_threads
     from mmtune.engine.trial import Trial
 
     config, syntax = apply_overrides({"method": args.method}, args.overrides)
     spec = validate_run_config(config, syntax)
     console = _console(stderr=args.json)
+    threads = configure_threads(auto_threads())
     trial = Trial(spec)
     mods = trial.modalities
     title = f"mmtune run {spec.method} · {spec.dataset.name} · {spec.model.backbone}/{spec.model.fusion} · seed {spec.seed}"
@@ -252,31 +274,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         *((f"final val_probe/{m}", metrics[f"val_probe/{m}"]) for m in mods if spec.train.probe),
         *((f"final imbalance/{m}", metrics[f"imbalance/{m}"]) for m in mods if len(mods) > 1),
         ("wall time (s)", total),
-        ("device", str(trial.device)),
+        ("device", f"{trial.device} ({threads} threads)" if trial.device.type == "cpu" else str(trial.device)),
     ]
     for name, value in rows:
         summary.add_row(name, _fmt(value))
     console.print(summary)
     if args.json:
-        print(json.dumps({**metrics, "wall_s": total}), flush=True)
+        print(json.dumps({**metrics, "wall_s": total, "threads": threads}), flush=True)
     return 0
+
+
+def yaml_value(value: Any) -> str:
+    """A default as a user writes it in a spec or an override: null, true, 0.5, [0.3, 0.7], {audio: 0.2}."""
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
-    from mmtune.config import describe_fields
+    from mmtune.config import describe_fields, field_defaults
+    from mmtune.engine.registry import get_method
     from mmtune.trainables import METHODS
 
     console = _console(stderr=False)
-    for name in sorted(METHODS):
-        cls = METHODS[name]
-        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title=f"[bold]{name}[/bold] — {cls.paper}", title_justify="left")
+    names = [args.name] if args.name else sorted(METHODS)
+    for name in names:
+        cls = get_method(name)  # a composition too; an unknown name: ConfigError with a did-you-mean
+        title = f"[bold]{escape(name)}[/bold] — {escape(cls.paper)}"
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title=title, title_justify="left")
         for col in ("hyperparameter", "default", "valid", "meaning"):
             table.add_column(col, overflow="fold")
+        defaults = field_defaults(cls.Config)
         for row in describe_fields(cls.Config):
-            table.add_row(row["name"], row["default"], row["valid"], row["doc"])
+            default = yaml_value(defaults[row["name"]])
+            table.add_row(*(escape(text) for text in (row["name"], default, row["valid"], row["doc"])))
         console.print(table)
     return 0
 
@@ -329,9 +364,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _sweep_exit(outcome, console) -> int:
+    from rich.markup import escape
+
     counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.counts.items())) or "no trials recorded"
-    console.print(f"sweep folder: {outcome.path}  ({counts}; {outcome.wall_s:.1f} s)", soft_wrap=True)
-    console.print(f"next: mmtune report {outcome.path}", soft_wrap=True)
+    path = escape(str(outcome.path))
+    if outcome.nothing_to_do:
+        console.print(f"nothing to resume: every trial of {path} has ended ({counts}).", soft_wrap=True)
+        console.print(f"next: mmtune report {path}  (errored trials: mmtune resume {path} --retry-errored)", soft_wrap=True)
+        return 0
+    console.print(f"sweep folder: {path}  ({counts}; {outcome.wall_s:.1f} s)", soft_wrap=True)
+    if outcome.interrupted:
+        cut = outcome.counts.get("INTERRUPTED", 0)
+        console.print(f"[yellow]interrupted: {cut} trial(s) did not finish. Continue the sweep with: "
+                      f"mmtune resume {path}[/yellow]", soft_wrap=True)
+        return 130
+    console.print(f"next: mmtune report {path}", soft_wrap=True)
     return 0 if outcome.ok else 1
 
 
@@ -339,39 +386,110 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from mmtune.sweep.spec import load_spec
     from mmtune.sweep.tuner import run_sweep
 
-    spec = load_spec(args.spec)  # every problem, before Ray starts
+    spec = load_spec_with_overrides(args.spec, args.overrides)  # every problem, before Ray starts
+    check_address(args.address or os.environ.get("RAY_ADDRESS"))
     console = _console(stderr=False)
     outcome = run_sweep(spec, storage=args.storage, name=args.name, address=args.address,
                         max_concurrent=args.max_concurrent, smoke_test=args.smoke_test, console=console,
-                        command="mmtune " + " ".join(sys.argv[1:]))
+                        command="mmtune " + " ".join(sys.argv[1:]), overrides=list(args.overrides))
     return _sweep_exit(outcome, console)
 
 
+# Bare override keys of a sweep that are spec keys, not method hyperparameters.
+SPEC_TOP_LEVEL = ("seeds", "name", "description", "max_concurrent", "max_failures", "checkpoint_every_s")
+
+
+def load_spec_with_overrides(path: str, overrides: Sequence[str]):
+    """``mmtune sweep SPEC key=value …``: the spec file with the overrides applied to its data, then
+    validated as a whole (the same dotted keys as ``mmtune run``; bare keys are method hyperparameters)."""
+    from mmtune.sweep.spec import load_spec, load_spec_data, parse_spec_data
+
+    if not overrides:
+        return load_spec(path)
+    data, node = load_spec_data(path)
+    data, syntax = apply_overrides(dict(data), overrides, top_level=SPEC_TOP_LEVEL)
+    try:
+        spec = parse_spec_data(data, node)
+    except ConfigError as err:
+        methods = data.get("method")
+        owner = f"method '{methods}'" if isinstance(methods, str) else "every listed method"
+        raise ConfigError([*syntax, *prefer_section_keys(err.problems, owner, keep_path=True)]) from None
+    if syntax:
+        raise ConfigError(syntax)
+    return spec
+
+
+def check_address(address: str | None, *, timeout_s: float = 5.0) -> None:
+    """Fail fast, with the fix, when ``--address`` names no reachable Ray cluster (Ray itself retries
+    for minutes, printing "Failed to connect to GCS" lines). ``auto`` and ``ray://`` are left to Ray."""
+    import socket
+
+    if not address or address == "auto" or address.startswith("ray://") or address == "local":
+        return
+    host, sep, port = address.rpartition(":")
+    fix = ("Start a cluster with `ray start --head --port=6379` on the head node (and `ray start --address=HEAD:6379` "
+           "on each worker), then pass --address HEAD:6379; or leave --address (and RAY_ADDRESS) unset to run on this machine.")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(Problem("--address", f"{address!r} is not HOST:PORT (or auto, or ray://HOST:PORT). {fix}"))
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        why = "timed out" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__).lower()
+        raise ConfigError(Problem("--address", f"no Ray cluster answers at {address} ({why}). {fix}")) from None
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
-    from mmtune.sweep.tuner import resume_sweep
+    from mmtune.store.reader import finished_counts
 
     console = _console(stderr=False)
+    counts = finished_counts(args.path, errored_count_as_ended=not args.retry_errored)
+    if counts is not None:  # answered from the tables alone: no Ray, no torch, well under a second
+        from types import SimpleNamespace
+
+        return _sweep_exit(SimpleNamespace(path=args.path, counts=counts, nothing_to_do=True), console)
+    from mmtune.sweep.tuner import resume_sweep
+
+    check_address(args.address or os.environ.get("RAY_ADDRESS"))
     outcome = resume_sweep(args.path, retry_errored=args.retry_errored, address=args.address, console=console)
     return _sweep_exit(outcome, console)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from mmtune.store.reader import list_sweeps
 
+    storage = args.storage_dir or args.storage
     console = _console(stderr=False)
-    sweeps = list_sweeps(args.storage)
+    try:
+        sweeps = list_sweeps(storage)
+    except FileNotFoundError:
+        raise ConfigError(Problem(storage, (
+            "no such storage folder. Pass the folder a sweep wrote to (`mmtune ls <storage>`; `mmtune sweep` "
+            "writes to runs/ by default), or start one: mmtune sweep search_spaces/quickstart.yaml"))) from None
     if not sweeps:
-        console.print(f"no sweeps under {args.storage}. Start one: mmtune sweep search_spaces/quickstart.yaml")
+        console.print(f"no sweeps under {escape(storage)}. Start one: mmtune sweep search_spaces/quickstart.yaml")
         return 0
-    table = Table(box=box.SIMPLE_HEAD, title=f"sweeps under {args.storage}")
-    for col in ("sweep", "trials", "status", "epochs", "modified"):
-        table.add_column(col)
-    for sw in sweeps:
+
+    def cells(sw) -> list[str]:
+        if sw.problem:
+            return [sw.name, "?", f"DAMAGED: {sw.problem}", "-", str(sw.modified or "-")]
         status = ", ".join(f"{k} {v}" for k, v in sorted(sw.counts.items()))
-        table.add_row(sw.name, str(sum(sw.counts.values())), status, f"{sw.epochs_done}/{sw.epochs_planned}", str(sw.modified))
+        return [sw.name, str(sum(sw.counts.values())), status, f"{sw.epochs_done}/{sw.epochs_planned}", str(sw.modified)]
+
+    if not console.is_terminal:  # pipes and logs: every field whole, one line per sweep, tab-separated
+        print("\t".join(("sweep", "trials", "status", "epochs", "modified")))
+        for sw in sweeps:
+            print("\t".join(cells(sw)))
+        return 0
+    table = Table(box=box.SIMPLE_HEAD, title=f"sweeps under {escape(storage)}")
+    for col in ("sweep", "trials", "status", "epochs", "modified"):
+        table.add_column(col, overflow="fold")
+    for sw in sweeps:
+        table.add_row(*(escape(c) for c in cells(sw)))
     console.print(table)
     return 0
 
@@ -380,7 +498,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mmtune.report import write_report
 
     path = write_report(args.sweep, out=args.out, metric=args.metric, latex=args.latex,
-                        paper_protocol=args.paper_protocol, baseline=args.baseline, storage=args.storage)
+                        paper_protocol=args.paper_protocol, baseline=args.baseline, storage=args.storage,
+                        force=args.force)
     print(f"report: {path}")
     return 0
 
@@ -397,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     methods = verbs.add_parser("methods", help="list methods with their hyperparameters")
+    methods.add_argument("name", nargs="?", help="one method or composition (opm+amss) [all registered methods]")
     methods.set_defaults(handler=cmd_methods)
 
     validate = verbs.add_parser("validate", help="check a sweep spec, list every problem")
@@ -415,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = verbs.add_parser("sweep", help="run a sweep spec with Ray Tune")
     sweep.add_argument("spec", help="a YAML sweep spec (see search_spaces/)")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="change the spec without copying it: train.epochs=5 seeds=[0,1] alpha=0.5 (recorded in spec.json)")
     sweep.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder or URI (s3://…, gs://…) [runs]")
     sweep.add_argument("--name", help="the sweep's folder name (default: the spec's name)")
     sweep.add_argument("--address", help="Ray cluster address ('auto' = the running cluster; default: RAY_ADDRESS or local)")
@@ -429,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.set_defaults(handler=cmd_resume)
 
     ls = verbs.add_parser("ls", help="list sweeps with status counts")
-    ls.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder or URI [runs]")
+    ls.add_argument("storage_dir", nargs="?", metavar="STORAGE", help="results folder or URI [runs]")
+    ls.add_argument("--storage", default=DEFAULT_STORAGE, help="the same, as an option")
     ls.set_defaults(handler=cmd_ls)
 
     report = verbs.add_parser("report", help="markdown ablation tables and plots from a sweep's tables")
@@ -441,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add the optimistic test-selected column (max over epochs of test acc), labelled")
     report.add_argument("--baseline", help="variant label the others are compared with [joint]")
     report.add_argument("--storage", default=DEFAULT_STORAGE, help="where to look up a bare sweep name [runs]")
+    report.add_argument("--force", action="store_true",
+                        help="replace --out even if it is not this sweep's own report (a committed one, another sweep's)")
     report.set_defaults(handler=cmd_report)
     return parser
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 from mmtune.errors import ConfigError, Problem, did_you_mean
 
-__all__ = ["Record", "hp", "from_dict", "describe_fields", "check_record", "external_name", "to_dict"]
+__all__ = ["Record", "hp", "from_dict", "describe_fields", "field_defaults", "check_record", "external_name", "to_dict"]
 
 R = TypeVar("R", bound="Record")
 _MISSING = dataclasses.MISSING
@@ -249,6 +249,12 @@ def to_dict(record: Any) -> dict[str, Any]:
         value = getattr(record, f.name)
         out[external_name(type(record), f.name)] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """Each user-facing field's default value, by the name users write (``mmtune methods`` prints them as YAML)."""
+    return {external_name(cls, f.name): (f.default if f.default is not _MISSING else f.default_factory())  # type: ignore[misc]
+            for f in dataclasses.fields(cls) if f.name not in getattr(cls, "internal_fields", ())}
 
 
 def describe_fields(cls: type) -> list[dict[str, str]]:

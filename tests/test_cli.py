@@ -94,3 +94,99 @@ def test_apply_overrides_nests_sections_and_params():
     config, problems = apply_overrides({}, ["train.lr=0.1", "alpha=0.8", "seed=2", "dataset.modalities=[a, b]"])
     assert not problems
     assert config == {"train": {"lr": 0.1}, "params": {"alpha": 0.8}, "seed": 2, "dataset": {"modalities": ["a", "b"]}}
+
+
+# ----------------------------------------------------------------------------- sweep overrides, did-you-mean
+
+
+def console_script(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The installed `mmtune` console script, as a user runs it."""
+    exe = str(__import__("pathlib").Path(sys.executable).with_name("mmtune"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_a_bare_key_that_is_a_section_key_suggests_the_section_key():
+    out = console_script("run", "joint", "epochs=3")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "Did you mean 'train.epochs'?" in out.stderr and "end_epoch" not in out.stderr.split("Did you mean")[1].split("?")[0]
+
+
+def test_method_is_not_an_override():
+    out = console_script("run", "joint", "method=ogm", "train.epochs=1")
+    assert out.returncode == 2 and "first argument" in out.stderr
+
+
+def test_sweep_overrides_are_validated_like_run_and_recorded(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nmethod: [joint]\ndataset: {name: synthetic}\ntrain: {epochs: 20}\nseeds: [0]\n")
+    out = console_script("validate", str(spec))  # validate takes no overrides: the file as is
+    assert out.returncode == 0 and "20 epochs each" in out.stdout
+    from mmtune.cli import load_spec_with_overrides
+
+    overridden = load_spec_with_overrides(str(spec), ["train.epochs=3", "seeds=[0, 1]", "dataset.n_train=64"])
+    assert overridden.epochs == 3 and list(overridden.seeds) == [0, 1]
+    assert overridden.source["train"]["epochs"] == 3 and overridden.source["dataset"]["n_train"] == 64
+    bad = console_script("sweep", str(spec), "epochs=5", "--storage", str(tmp_path / "runs"))
+    assert bad.returncode == 2 and "Did you mean 'train.epochs'?" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started or written
+    bad = console_script("sweep", str(spec), "train.epochz=5", "--storage", str(tmp_path / "runs"))
+    assert bad.returncode == 2 and "train.epochz" in bad.stderr and "epochs" in bad.stderr
+
+
+def _fake_sweep(storage, name: str, *, damaged: bool = False) -> None:
+    """A sweep folder with a small trials table, as the writer leaves it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmtune.store.schema import SCHEMA_VERSION, TRIALS_FILE, VERSION_KEY
+
+    folder = storage / name
+    folder.mkdir(parents=True)
+    table = pa.table({"status": ["TERMINATED"], "epochs_run": [3], "max_epochs": [3]})
+    pq.write_table(table.replace_schema_metadata({VERSION_KEY: str(SCHEMA_VERSION).encode()}), folder / TRIALS_FILE)
+    if damaged:
+        data = bytearray((folder / TRIALS_FILE).read_bytes())
+        data[8:40] = b"\xff" * 32
+        (folder / TRIALS_FILE).write_bytes(bytes(data))
+
+
+def test_ls_takes_the_storage_as_an_argument_and_never_tracebacks(tmp_path):
+    out = console_script("ls", cwd=tmp_path)  # no runs/ here
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "no such storage folder" in out.stderr
+    long = "quickstart-20261207-101112-with-a-long-name"
+    _fake_sweep(tmp_path / "store", long)
+    _fake_sweep(tmp_path / "store", "broken", damaged=True)
+    out = console_script("ls", str(tmp_path / "store"))  # piped: whole names, tab-separated
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = {line.split("\t")[0]: line.split("\t") for line in out.stdout.splitlines()}
+    assert rows[long][1:3] == ["1", "TERMINATED 1"]
+    assert "DAMAGED" in rows["broken"][2] and "trials.parquet" in rows["broken"][2]
+    assert console_script("ls", "--storage", str(tmp_path / "store")).stdout == out.stdout
+
+
+def test_methods_shows_text_literally_and_defaults_as_yaml():
+    out = console_script("methods", "amss")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "[p_min, p_max]" in text  # was eaten as rich markup: "clip p to ; null = …"
+    assert "clamp null" in text and "plus false" in text and "None" not in text and "True" not in text
+    assert "ogm" not in out.stdout.split("—")[0]  # only the method asked for
+    out = console_script("methods", "opm+amss")
+    assert out.returncode == 0 and "opm.lam" in out.stdout and "amss.lam" in out.stdout
+    out = console_script("methods", "ogmm")
+    assert out.returncode == 2 and "Did you mean 'ogm'?" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_wrong_address_is_one_clear_error_in_seconds(tmp_path):
+    import time
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nmethod: [joint]\ndataset: {name: synthetic}\ntrain: {epochs: 1}\nseeds: [0]\n")
+    start = time.monotonic()
+    out = console_script("sweep", str(spec), "--address", "127.0.0.1:1", "--storage", str(tmp_path / "runs"))
+    assert time.monotonic() - start < 15
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "GCS" not in out.stderr
+    assert "127.0.0.1:1" in out.stderr and "ray start --head" in out.stderr
+    assert not (tmp_path / "runs").exists()
+    out = console_script("sweep", str(spec), "--address", "nonsense", "--storage", str(tmp_path / "runs"))
+    assert out.returncode == 2 and "not HOST:PORT" in out.stderr

@@ -221,7 +221,34 @@ def _provenance(data: SweepData, column: str) -> str:
 
 # ----------------------------------------------------------------------------------------- report
 def _default_out(name: str) -> Path:
+    # The name comes from the sweep's spec.json, which may come from anyone: it names a file in
+    # reports/, never a path (no separators, no "..", not absolute).
+    if not name or name in (".", "..") or Path(name).name != name or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(Problem("name", (
+            f"the sweep's name {name[:80]!r} (from its spec.json) is not a plain file name, so the report will not "
+            "derive a path from it. Pass --out FILE.md.")))
     return Path("reports") / f"{name}.md"
+
+
+MARKER = "<!-- mmtune report of sweep {name!r} created {created!s} -->"
+
+
+def _marker(data: SweepData) -> str:
+    return MARKER.format(name=data.name, created=data.meta.get("created", "unknown"))
+
+
+def _check_overwrite(out_path: Path, data: SweepData, force: bool) -> None:
+    """Refuse to replace a file that is not this sweep's own report (it may be committed, or another's)."""
+    if force or not out_path.exists():
+        return
+    first = out_path.read_text(errors="replace").split("\n", 1)[0]
+    if first == _marker(data):
+        return
+    whose = (f"the report of another sweep ({first.removeprefix('<!-- mmtune report of ').removesuffix(' -->')})"
+             if first.startswith("<!-- mmtune report of ") else "not a report mmtune wrote for this sweep")
+    raise ConfigError(Problem("--out", (
+        f"{out_path} exists and is {whose}; replacing it would also delete the plots in "
+        f"{out_path.parent / (out_path.stem + '_files')}/. Write elsewhere with --out FILE.md, or pass --force to replace it.")))
 
 
 def _baseline_section(variants: Sequence[Variant], axes: Sequence[str], baseline: str | None, explicit: bool,
@@ -264,13 +291,15 @@ def _plot_lines(figures: Sequence[plots.Plot], out_dir: Path) -> list[str]:
 
 
 def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc", latex: bool = False,
-                 paper_protocol: bool = False, baseline: str | None = None, storage: str = "runs") -> Path:
+                 paper_protocol: bool = False, baseline: str | None = None, storage: str = "runs",
+                 force: bool = False) -> Path:
     """Write the markdown report of a sweep (and its PNG plots, and ``<name>.tex`` with ``latex``).
 
     ``sweep`` is a sweep folder (path or URI) or a sweep name under ``storage``. Default output:
     ``reports/<name>.md`` with plots in ``reports/<name>_files/``. Returns the markdown path.
     Raises :class:`~mmtune.errors.ConfigError` for a missing or empty sweep, an unknown or test
-    ``metric`` and an unknown ``baseline``.
+    ``metric``, an unknown ``baseline``, and an existing file that is not this sweep's own report
+    (its first line names the sweep and its creation time) unless ``force``.
     """
     data = load_sweep(sweep, storage=storage)
     column = check_metric(data, metric)
@@ -281,6 +310,7 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
     elif not out_path.suffix:
         out_path = out_path.with_suffix(".md")
     files = out_path.parent / f"{out_path.stem}_files"
+    _check_overwrite(out_path, data, force)
     outcomes = trial_outcomes(data, column)
     variants = group_variants(data, outcomes)
     axes = data.axes
@@ -288,7 +318,7 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
     test_columns = [c for c in TEST_COLUMNS if c in outcomes.columns]
     provenance = _provenance(data, column)
 
-    lines = _header(data, column=column, now=now)
+    lines = [_marker(data), *_header(data, column=column, now=now)]
 
     # -- ablation table
     ablation = ablation_table(variants, axes, selection=column, test_columns=test_columns, paper_protocol=paper_protocol)

@@ -19,13 +19,17 @@ import pyarrow.parquet as pq
 
 from mmtune.store.schema import (
     EPOCHS_FILE,
+    ERROR,
+    SPEC_FILE,
     STATUSES,
+    STOPPED_EARLY,
+    TERMINATED,
     TRIALS_FILE,
     check_schema_version,
     schema_version,
 )
 
-__all__ = ["SweepSummary", "open_storage", "read_epochs", "read_trials", "list_sweeps", "schema_version"]
+__all__ = ["SweepSummary", "finished_counts", "open_storage", "read_epochs", "read_trials", "list_sweeps", "schema_version"]
 
 _HOW_TO_FIND = (
     "A sweep directory is <storage>/<sweep name>, holding epochs.parquet and trials.parquet; "
@@ -75,6 +79,27 @@ def read_trials(path_or_uri: str | os.PathLike[str]) -> pa.Table:
     return _read(path_or_uri, TRIALS_FILE)
 
 
+def finished_counts(path_or_uri: str | os.PathLike[str], *, errored_count_as_ended: bool = True) -> dict[str, int] | None:
+    """Trials by status when every trial the sweep planned has ended, else None (something to resume).
+
+    Reads only ``spec.json`` and three columns of the trials table (no Ray, no torch), so `mmtune
+    resume` of a finished sweep answers at once."""
+    import json
+
+    fs, base = open_storage(path_or_uri)
+    try:
+        with fs.open_input_stream(_join(base, SPEC_FILE)) as f:
+            planned = json.loads(f.read().decode()).get("num_trials")
+        table = _read(path_or_uri, TRIALS_FILE, columns=["status"])
+    except Exception:  # noqa: BLE001 - unreadable or missing: let the full resume path explain
+        return None
+    counts = dict(Counter(table.column("status").to_pylist()))
+    ended = {TERMINATED, STOPPED_EARLY} | ({ERROR} if errored_count_as_ended else set())
+    if not counts or not isinstance(planned, int) or sum(counts.values()) < planned or not set(counts) <= ended:
+        return None
+    return counts
+
+
 @dataclass(frozen=True)
 class SweepSummary:
     """One sweep under a storage, as ``mmtune ls`` shows it."""
@@ -85,6 +110,7 @@ class SweepSummary:
     epochs_done: int = 0  # Σ epochs_run
     epochs_planned: int = 0  # Σ max_epochs
     modified: dt.datetime | None = None  # newest of the two table files
+    problem: str | None = None  # why its tables could not be read (a damaged sweep is listed, not fatal)
 
     @property
     def trials(self) -> int:
@@ -111,8 +137,14 @@ def list_sweeps(storage: str | os.PathLike[str]) -> list[SweepSummary]:
         if trials_info.type != pafs.FileType.File:
             continue
         shown = _join(text, entry.base_name)
-        check_schema_version(pq.read_schema(trials_info.path, filesystem=fs), _join(shown, TRIALS_FILE))
-        table = pq.read_table(trials_info.path, filesystem=fs, columns=["status", "epochs_run", "max_epochs"])
+        try:
+            check_schema_version(pq.read_schema(trials_info.path, filesystem=fs), _join(shown, TRIALS_FILE))
+            table = pq.read_table(trials_info.path, filesystem=fs, columns=["status", "epochs_run", "max_epochs"])
+        except Exception as err:  # noqa: BLE001 - one damaged sweep must not hide the others
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            summaries.append(SweepSummary(name=entry.base_name, path=shown, modified=trials_info.mtime,
+                                          problem=f"{_join(shown, TRIALS_FILE)} cannot be read ({first})"))
+            continue
         found = Counter(table.column("status").to_pylist())
         counts = {s: found.pop(s) for s in STATUSES if s in found} | dict(found)  # in lifecycle order
         times = [i.mtime for i in (trials_info, epochs_info) if i.type == pafs.FileType.File and i.mtime is not None]

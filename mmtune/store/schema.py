@@ -44,7 +44,7 @@ __all__ = [
     "SCHEMA_VERSION", "VERSION_KEY", "MMTUNE_VERSION_KEY", "TABLE_KEY",
     "EPOCHS", "TRIALS", "EPOCHS_FILE", "TRIALS_FILE",
     "EPOCH_COLUMNS", "TRIAL_COLUMNS", "METRIC_TYPE", "HYPERPARAMETER_SECTIONS",
-    "PENDING", "RUNNING", "PAUSED", "TERMINATED", "STOPPED_EARLY", "ERROR", "STATUSES", "ENDED_STATUSES",
+    "PENDING", "RUNNING", "PAUSED", "TERMINATED", "STOPPED_EARLY", "ERROR", "INTERRUPTED", "STATUSES", "ENDED_STATUSES",
     "ended_status", "config_key", "hyperparameters", "raw_hyperparameters", "merge_type",
     "epochs_table", "trials_table", "conform", "schema_version", "check_schema_version",
 ]
@@ -105,7 +105,9 @@ PAUSED = "PAUSED"
 TERMINATED = "TERMINATED"  # ran all max_epochs
 STOPPED_EARLY = "STOPPED_EARLY"  # completed by the scheduler (ASHA) or a stopper before max_epochs
 ERROR = "ERROR"
-STATUSES = (PENDING, RUNNING, PAUSED, TERMINATED, STOPPED_EARLY, ERROR)
+# Cut by Ctrl-C (or SIGTERM) before it ended: not a verdict on the trial; `mmtune resume` continues it.
+INTERRUPTED = "INTERRUPTED"
+STATUSES = (PENDING, RUNNING, PAUSED, TERMINATED, STOPPED_EARLY, ERROR, INTERRUPTED)
 ENDED_STATUSES = frozenset({TERMINATED, STOPPED_EARLY, ERROR})
 
 _FIXED = {EPOCHS: EPOCH_COLUMNS, TRIALS: TRIAL_COLUMNS}

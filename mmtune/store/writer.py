@@ -38,8 +38,10 @@ from ray.tune import result as ray_result
 from mmtune.store.reader import open_storage
 from mmtune.store.schema import (
     EPOCHS,
+    ENDED_STATUSES,
     EPOCHS_FILE,
     ERROR,
+    INTERRUPTED,
     HYPERPARAMETER_SECTIONS,
     PAUSED,
     PENDING,
@@ -229,6 +231,7 @@ class ResultsWriter(tune.Callback):
         self._latest: dict[str, tuple[int, dict[str, float], float | None]] = {}
         self._started_here: set[str] = set()  # trials this writer saw start or report
         self._ended_here: set[str] = set()  # final statuses set by this writer's own callbacks
+        self._cut: set[str] | None = None  # trials not ended when the sweep was interrupted (see interrupt())
         self._ray_trials: list[Any] = []  # Tune's list of every trial (a reference, not a copy)
         self._epochs_dirty = self._trials_dirty = False
         self._last_flush = time.monotonic()
@@ -268,18 +271,37 @@ class ResultsWriter(tune.Callback):
             self._mark_running(trial)
         self._maybe_flush(max(self.flush_interval_s, self._flush_gap_s()))
 
+    def interrupt(self) -> None:
+        """The sweep was interrupted (Ctrl-C): every trial not ended by now is INTERRUPTED, whatever Tune
+        does to it while stopping (it completes running trials, which would read as STOPPED_EARLY)."""
+        self._sync_with_tune()
+        self._cut = {tid for tid, row in self._rows.items() if row["status"] not in ENDED_STATUSES}
+        self._cut |= {t.trial_id for t in self._ray_trials or [] if t.trial_id not in self._rows}
+        for tid in self._cut:
+            self._row_of(tid).update(status=INTERRUPTED, error=None)
+            self._ended_here.add(tid)
+        self._trials_dirty = True
+
+    def _row_of(self, trial_id: str) -> dict[str, Any]:
+        trial = next((t for t in self._ray_trials or [] if t.trial_id == trial_id), None)
+        return self._row(trial) if trial is not None else self._rows[trial_id]
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ray_trials = trials
         row = self._row(trial)
         self._fold(trial.trial_id)
-        self._end(trial.trial_id, ended_status(row["epochs_run"], row["max_epochs"]), None)
+        cut = self._cut is not None and trial.trial_id in self._cut
+        self._end(trial.trial_id, INTERRUPTED if cut else ended_status(row["epochs_run"], row["max_epochs"]), None)
         self._maybe_flush(self._flush_gap_s())
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ray_trials = trials
         self._row(trial)
         self._fold(trial.trial_id)
-        self._end(trial.trial_id, ERROR, trial_error_text(trial))
+        if self._cut is not None and trial.trial_id in self._cut:  # its actor went down with the interruption
+            self._end(trial.trial_id, INTERRUPTED, None)
+        else:
+            self._end(trial.trial_id, ERROR, trial_error_text(trial))
         self._maybe_flush(self._flush_gap_s())
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -315,6 +337,8 @@ class ResultsWriter(tune.Callback):
         return row
 
     def _mark_running(self, trial: Any) -> None:
+        if self._cut is not None and trial.trial_id in self._cut:
+            return  # a last result of a trial cut by the interruption: it stays INTERRUPTED
         row = self._row(trial)
         row.update(status=RUNNING, error=None)
         self._started_here.add(trial.trial_id)

@@ -1,17 +1,25 @@
 """Live progress of a sweep: a rich view on a terminal, plain lines in logs (DESIGN §2).
 
 On a terminal, :class:`SweepProgress` keeps one ``rich.live.Live`` view up to date: bars for trials
-and epochs with an ETA, counts by status, a table of the running and most recent trials (method,
-swept parameters, seed, epoch/max, the selection metric, its best so far, status) and the best
-configuration so far; trial errors are also printed above the view. Elsewhere (CI, a log file) it
-prints one plain line per trial event instead — start, an epoch line at most every
+and epochs with an ETA, counts by status (which double as the legend of the status symbols), a table
+with one row per *configuration* (the trial config without its seed: method, swept parameters under
+their short names, its seeds by status, epochs run/planned, the selection metric over its seeds) and
+the best configuration so far; trial errors are also printed above the view. Elsewhere (CI, a log
+file) it prints one plain line per trial event instead — start, an epoch line at most every
 ``line_interval_s`` per trial, completion / early stop / error — and a final summary.
+
+The ETA comes from epoch durations (Tune's ``time_this_iter_s``), never from the wall time since the
+start, which holds Ray's start-up: remaining epochs × mean epoch time / trials running side by side.
+Until one epoch has finished there is no ETA ("—").
 
 The live view stops at Tune's ``on_experiment_end`` (which Tune also calls when the run fails or is
 interrupted); ``close()`` or a ``with SweepProgress(...)`` block stops it if the driver dies first.
 
-Selection follows DESIGN §4: the "best" is judged on a validation metric only, and a configuration
-is scored by the mean over its seeds of each trial's best value so far. Per result the callback
+Selection follows DESIGN §4 and the report's rule (:mod:`mmtune.report.data`): the "best" is judged
+on a validation metric only; a configuration is scored by the mean over its *finished* seeds of each
+seed's best value. Seeds stopped early (ASHA) are never averaged with finished ones — the table shows
+their mean apart, in a "stopped" column — and failed seeds count nowhere. Until some configuration has
+a finished seed, running seeds' values so far stand in, marked ``~``. Per result the callback
 only updates a few numbers; the view is rebuilt at most ``refresh_per_second`` times a second,
 from the driver's own loop (``on_step_end``), so no extra thread touches the state.
 """
@@ -37,6 +45,7 @@ from rich.text import Text
 from mmtune.store.schema import (
     ENDED_STATUSES,
     ERROR,
+    PAUSED,
     PENDING,
     RUNNING,
     STATUSES,
@@ -49,7 +58,13 @@ from mmtune.store.writer import result_metrics, trial_error_text
 
 __all__ = ["SweepProgress"]
 
-_STYLE = {PENDING: "dim", RUNNING: "cyan", TERMINATED: "green", STOPPED_EARLY: "yellow", ERROR: "red"}
+_STYLE = {PENDING: "dim", RUNNING: "cyan", PAUSED: "blue", TERMINATED: "green", STOPPED_EARLY: "yellow", ERROR: "red"}
+# The live view's short forms of a status; the status counts line spells each one out once.
+_SYMBOL = {PENDING: "·", RUNNING: "▸", PAUSED: "‖", TERMINATED: "✓", STOPPED_EARLY: "■", ERROR: "✗"}
+_WORD = {PENDING: "pending", RUNNING: "running", PAUSED: "paused", TERMINATED: "finished", STOPPED_EARLY: "stopped early",
+         ERROR: "error"}
+_ALWAYS_COUNTED = (PENDING, RUNNING, TERMINATED, STOPPED_EARLY, ERROR)  # others only when some trial has them
+_ACTIVE = (RUNNING, PAUSED)  # started and not ended: a paused seed waits at an ASHA rung
 _UNSET = object()
 
 
@@ -86,10 +101,40 @@ def _fmt_metric(value: float | None) -> str:
 
 def _fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
-        return "?"
+        return "—"  # no estimate yet
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _symbol(status: str) -> str:
+    return _SYMBOL.get(status, "–")
+
+
+def _word(status: str) -> str:
+    return _WORD.get(status, status.lower().replace("_", " "))
+
+
+def _fmt_mean(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def short_names(keys: Sequence[str], *, taken: Sequence[str] = ()) -> dict[str, str]:
+    """Column headers for swept keys: the last part (``params.alpha`` → ``alpha``), with as many parts
+    before it as it takes to tell keys apart (``params.opm.lam``, ``params.amss.lam`` → ``opm.lam``,
+    ``amss.lam``) or from a name in ``taken`` (the table's own columns: ``train.epochs`` → ``train.epochs``)."""
+    parts = {k: k.split(".") for k in keys}
+    depth = dict.fromkeys(keys, 1)
+    while True:
+        names = {k: ".".join(parts[k][-depth[k]:]) for k in keys}
+        used = [*names.values(), *taken]
+        clashing = [k for k in keys if used.count(names[k]) > 1 and depth[k] < len(parts[k])]
+        if not clashing:
+            return names
+        for k in clashing:
+            depth[k] += 1
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -112,7 +157,22 @@ class _TrialView:
     best_epoch: int | None = None
     error: str | None = None
     last_line: float = 0.0  # when the last plain line about this trial was printed
-    changed: float = 0.0  # when the trial last reported (orders the "recent" rows)
+    reported: float | None = None  # when its last result arrived (times an epoch without time_this_iter_s)
+
+
+@dataclass(slots=True)
+class _ConfigView:
+    """The seeds of one configuration (trials sharing a config_key), in the order they started."""
+
+    key: str
+    trials: list[_TrialView]
+
+    def seeds(self, *statuses: str) -> list[_TrialView]:
+        return [v for v in self.trials if v.status in statuses]
+
+    def values(self, *statuses: str) -> list[float]:
+        """Each seed's best value of the metric, for the seeds in ``statuses`` that have one."""
+        return [v.best for v in self.trials if v.status in statuses and v.best is not None]
 
 
 class SweepProgress(tune.Callback):
@@ -125,6 +185,7 @@ class SweepProgress(tune.Callback):
     """
 
     refresh_per_second = 2.0
+    _clock = staticmethod(time.monotonic)  # seconds; tests replace it
 
     def __init__(
         self,
@@ -152,7 +213,8 @@ class SweepProgress(tune.Callback):
         self.total_trials = total_trials
         self.metric = metric
         self.mode = mode
-        self.swept = [k for k in swept if k not in ("method", "seed")]  # always shown as their own columns
+        # method (or a variant's label) and seed are always shown in their own columns
+        self.swept = [k for k in swept if k not in ("method", "label", "seed")]
         self.console = console if console is not None else Console(highlight=False)
         self.live = self.console.is_terminal if live is None else bool(live)
         self.max_rows = max_rows
@@ -163,6 +225,9 @@ class SweepProgress(tune.Callback):
         self._start: float | None = None
         self._end: float | None = None
         self._epochs_done = 0
+        self._epoch_seconds = 0.0  # summed durations of the epochs timed so far (the ETA's rate)
+        self._epochs_timed = 0
+        self._peak_running = 0  # the most trials seen running side by side
         self._live_view: Live | None = None
         self._last_refresh = 0.0
         self._closed = False
@@ -204,15 +269,16 @@ class SweepProgress(tune.Callback):
         view = self._views.get(trial.trial_id)
         if view is None:
             view = self._views[trial.trial_id] = self._new_view(trial)
-        view.status, view.error = RUNNING, None
-        view.changed = view.last_line = time.monotonic()
+        view.status, view.error, view.reported = RUNNING, None, None
+        view.last_line = self._clock()
+        self._peak_running = max(self._peak_running, sum(v.status == RUNNING for v in self._views.values()))
         self._line(f"start    {view.trial_id}  {self._describe(view)}")
         self._refresh()
 
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         view = self._views.get(trial.trial_id)
         if view is not None:
-            view.status = RUNNING
+            view.status, view.reported = RUNNING, None
             self._line(f"restore  {view.trial_id}  from epoch {view.epoch}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -221,6 +287,10 @@ class SweepProgress(tune.Callback):
         if view is None:  # a callback that joined late (or a restored experiment)
             view = self._views[trial.trial_id] = self._new_view(trial)
         epoch, metrics = result_metrics(result)
+        now = self._clock()
+        if epoch == view.epoch + 1:
+            self._time_epoch(view, result, now)
+        view.reported = now
         if epoch > view.epoch:
             self._epochs_done += epoch - view.epoch
         elif epoch < view.epoch:  # re-run after a restore from an earlier checkpoint
@@ -230,7 +300,6 @@ class SweepProgress(tune.Callback):
         view.value = value
         if value is not None and math.isfinite(value) and (view.best is None or self._better(value, view.best)):
             view.best, view.best_epoch = value, epoch
-        now = view.changed = time.monotonic()
         if not self.live and now - view.last_line >= self.line_interval_s:
             view.last_line = now
             self._line(
@@ -263,11 +332,15 @@ class SweepProgress(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._ray_trials = trials
+        for trial in trials:  # Tune has no pause callback: follow its trials' status
+            view = self._views.get(trial.trial_id)
+            if view is not None and view.status in _ACTIVE and getattr(trial, "status", None) in _ACTIVE:
+                view.status = trial.status
         self._refresh()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._ray_trials = trials
-        self._end = time.monotonic()
+        self._end = self._clock()
         self._refresh(force=True)
         self.close()
         for line in self.summary_lines():
@@ -283,7 +356,7 @@ class SweepProgress(tune.Callback):
     # -- state -------------------------------------------------------------------------------------
     def _begin(self) -> None:
         if self._start is None:
-            self._start = time.monotonic()
+            self._start = self._clock()
         if self.live and self._live_view is None and not self._closed:
             self._live_view = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
             self._live_view.start()
@@ -313,8 +386,17 @@ class SweepProgress(tune.Callback):
         view = self._views.get(trial.trial_id)
         if view is None:  # failed before it started (e.g. in setup)
             view = self._views[trial.trial_id] = self._new_view(trial)
-        view.changed = time.monotonic()
         return view
+
+    def _time_epoch(self, view: _TrialView, result: Mapping[str, Any], now: float) -> None:
+        """Add one epoch's duration to the ETA's rate: Tune's ``time_this_iter_s`` (the step alone,
+        without actor start or setup), else the time since the trial's previous result."""
+        seconds = result.get("time_this_iter_s")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+            seconds = None if view.reported is None else now - view.reported
+        if seconds is not None:
+            self._epoch_seconds += seconds
+            self._epochs_timed += 1
 
     def _better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
@@ -348,41 +430,71 @@ class SweepProgress(tune.Callback):
         return self._epochs_done, max(planned, self._epochs_done)
 
     def eta_s(self) -> float | None:
-        """Seconds left at the average epoch rate so far (all trials together), None before any epoch."""
-        done, planned = self.epochs()
-        if self._start is None or done <= 0:
+        """Seconds left: epochs left × the mean epoch duration so far / the trials that run side by
+        side. None until an epoch has been timed — the wall time since the start would count Ray's
+        start-up and the first actors' setup as if they were epochs."""
+        if self._epochs_timed == 0:
             return None
-        elapsed = (self._end or time.monotonic()) - self._start
-        return (planned - done) * elapsed / done
+        done, planned = self.epochs()
+        if planned <= done:
+            return 0.0
+        running = sum(v.status == RUNNING for v in self._views.values())
+        parallel = max(running, self._peak_running, 1)
+        if self.total_trials is not None:  # the last trials run alone
+            ended = sum(v.status in ENDED_STATUSES for v in self._views.values())
+            parallel = min(parallel, max(self.total_trials - ended, 1))
+        return (planned - done) * (self._epoch_seconds / self._epochs_timed) / parallel
+
+    def _configs(self) -> list[_ConfigView]:
+        """The configurations seen so far, in the order Tune created their first trial (a grid sweep's
+        spec order, so the baseline comes first)."""
+        created = {t.trial_id: i for i, t in enumerate(self._ray_trials)}
+        groups: dict[str, _ConfigView] = {}
+        for view in self._views.values():
+            groups.setdefault(view.config_key, _ConfigView(view.config_key, [])).trials.append(view)
+        configs = list(groups.values())
+
+        def order(config: _ConfigView) -> int:
+            return min(created.get(v.trial_id, len(created) + 1) for v in config.trials)
+
+        return sorted(configs, key=order)  # stable: configurations unknown to Tune's list keep their order
 
     def best(self) -> dict[str, Any] | None:
-        """The best configuration so far: per trial its best validation value, averaged over seeds."""
-        groups: dict[str, list[_TrialView]] = {}
-        for view in self._views.values():
-            if view.status != ERROR and view.best is not None:
-                groups.setdefault(view.config_key, []).append(view)
-        if not groups:
+        """The best configuration so far, by the report's rule: the mean over its finished seeds of each
+        seed's best validation value (``n`` = the seeds averaged). Seeds stopped early or failed are
+        never averaged. While no configuration has a finished seed, running seeds' values so far stand
+        in (``basis`` "running"); None when neither exists."""
+        configs = self._configs()
+        for basis, statuses in (("finished", (TERMINATED,)), ("running", _ACTIVE)):
+            scored = [(statistics.fmean(c.values(*statuses)), i, c) for i, c in enumerate(configs) if c.values(*statuses)]
+            if scored:
+                break
+        else:
             return None
-        scored = []
-        for key, views in groups.items():
-            values = [v.best for v in views]
-            scored.append((statistics.fmean(values), key, views))
-        mean, key, views = (max if self.mode == "max" else min)(scored, key=lambda s: s[0])
-        values = [v.best for v in views]
+        pick = max if self.mode == "max" else min
+        mean, _, config = pick(scored, key=lambda s: (s[0], -s[1] if self.mode == "max" else s[1]))  # ties: the first
+        averaged = [v for v in config.seeds(*statuses) if v.best is not None]
+        values = [v.best for v in averaged]
+        first = config.trials[0]
         return {
-            "config_key": key,
+            "config_key": config.key,
+            "basis": basis,
             "mean": mean,
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values),
-            "method": views[0].method,
-            "swept": views[0].swept,
-            "seeds": sorted(v.seed for v in views if v.seed is not None),
-            "trial_ids": [v.trial_id for v in views],
+            "method": first.method,
+            "swept": first.swept,
+            "seeds": sorted(v.seed for v in averaged if v.seed is not None),
+            "trial_ids": [v.trial_id for v in averaged],
+            "stopped": [(v.seed, v.epoch) for v in config.seeds(STOPPED_EARLY)],  # not averaged
+            "running": len(config.seeds(*_ACTIVE)) if basis == "finished" else 0,
+            "failed": len(config.seeds(ERROR)),
         }
 
     # -- text --------------------------------------------------------------------------------------
     def _elapsed(self) -> float:
-        return 0.0 if self._start is None else (self._end or time.monotonic()) - self._start
+        end = self._end if self._end is not None else self._clock()
+        return 0.0 if self._start is None else end - self._start
 
     def _line(self, text: str, *, always: bool = False) -> None:
         """A plain event line; ``always``: printed in live mode too (above the view), for failures."""
@@ -406,15 +518,31 @@ class SweepProgress(tune.Callback):
         done, planned = self.epochs()
         return f"trials {ended}/{total}, epochs {done}/{planned}, ETA {_fmt_duration(self.eta_s())}"
 
-    def _best_text(self, title: str = "best so far") -> str:
+    def _best_text(self, title: str = "best so far", *, names: Mapping[str, str] | None = None) -> str:
+        """The best configuration in one line; ``names``: the live view's short form (swept keys by their
+        column headers, no config key), so that it fits a narrow terminal."""
         best = self.best()
         where = f"{self.metric}, {self.mode}, validation"
         if best is None:
-            return f"{title} ({where}): none"
+            counts = self.counts()
+            ended = [f"{counts[s]} {_word(s)}" for s in (STOPPED_EARLY, ERROR) if counts[s]]
+            return f"{title} ({where}): none" + (f" — no trial finished its epochs ({', '.join(ended)})" if ended else "")
         spread = f" ± {best['std']:.4f}" if best["n"] > 1 else ""
-        config = " ".join([f"method={best['method']}", *(f"{k}={v}" for k, v in best["swept"].items())])
+        config = " ".join([f"method={best['method']}", *(f"{(names or {}).get(k, k)}={v}" for k, v in best["swept"].items())])
         seeds = ",".join(map(str, best["seeds"])) or "?"
-        return f"{title} ({where}): {best['mean']:.4f}{spread} (n={best['n']}, seeds {seeds}) {config} [config {best['config_key']}]"
+        notes = []
+        if best["basis"] == "running":
+            notes.append("running, no configuration has finished yet")
+        if best["stopped"]:
+            stopped = ", ".join(f"seed {'?' if s is None else s} at epoch {e}" for s, e in best["stopped"])
+            notes.append(f"stopped early, not averaged: {stopped}")
+        if best["running"]:
+            notes.append(f"{best['running']} still running")
+        if best["failed"]:
+            notes.append(f"{best['failed']} failed")
+        extra = "".join(f"; {n}" for n in notes)
+        key = "" if names is not None else f" [config {best['config_key']}]"
+        return f"{title} ({where}): {best['mean']:.4f}{spread} (n={best['n']}, seeds {seeds}{extra}) {config}{key}"
 
     def summary_lines(self) -> list[str]:
         """The final summary: time, counts by status, the best configuration, every error."""
@@ -436,7 +564,7 @@ class SweepProgress(tune.Callback):
     def _refresh(self, *, force: bool = False) -> None:
         if self._live_view is None:
             return
-        now = time.monotonic()
+        now = self._clock()
         if not force and now - self._last_refresh < 1.0 / self.refresh_per_second:
             return
         self._last_refresh = now
@@ -448,10 +576,21 @@ class SweepProgress(tune.Callback):
             self._closed = False
             self._line(f"live view stopped ({type(err).__name__}: {err}); printing plain lines instead")
 
-    def _rows(self) -> list[_TrialView]:
-        running = [v for v in self._views.values() if v.status == RUNNING]
-        others = sorted((v for v in self._views.values() if v.status != RUNNING), key=lambda v: v.changed, reverse=True)
-        return (running + others)[: self.max_rows]
+    def _shown(self, configs: list[_ConfigView], best_key: str | None) -> list[_ConfigView]:
+        """At most ``max_rows`` configurations, in their order: the first (the baseline of a grid
+        sweep), the best so far and those with running seeds, then the earliest of the rest."""
+        if len(configs) <= self.max_rows:
+            return configs
+        first = [0, *(i for i, c in enumerate(configs) if c.key == best_key)]
+        running = [i for i, c in enumerate(configs) if c.seeds(*_ACTIVE)]
+        keep = list(dict.fromkeys([*first, *running, *range(len(configs))]))[: self.max_rows]
+        return [configs[i] for i in sorted(keep)]
+
+    @staticmethod
+    def _seeds_cell(config: _ConfigView) -> Text:
+        parts = [Text(f"{_symbol(s)}{n}", style=_STYLE.get(s, "")) for s in STATUSES
+                 if (n := len(config.seeds(s)))]
+        return Text(" ").join(parts)
 
     def render(self) -> Group:
         """The live view as one rich renderable."""
@@ -459,27 +598,60 @@ class SweepProgress(tune.Callback):
         ended = sum(counts[s] for s in ENDED_STATUSES)
         done, planned = self.epochs()
         total = self.total_trials if self.total_trials is not None else len(self._views) + counts[PENDING]
+        elapsed = f"elapsed {_fmt_duration(self._elapsed())}"
         bars = Table.grid(padding=(0, 1))
         bars.add_row("trials", ProgressBar(total=max(total, 1), completed=ended, width=30), f"{ended}/{total}")
-        bars.add_row(
-            "epochs", ProgressBar(total=max(planned, 1), completed=done, width=30),
-            f"{done}/{planned}  elapsed {_fmt_duration(self._elapsed())}  ETA {_fmt_duration(self.eta_s())}",
-        )
-        status = Text("  ").join(Text(f"{s} {counts[s]}", style=_STYLE.get(s, "")) for s in STATUSES if counts[s] or s != "PAUSED")
+        if not self._views:  # Tune is up, its first actor is still starting (seconds, on a cold cluster)
+            bars.add_row("epochs", Text("waiting for the first trial…", style="dim"), elapsed)
+        else:
+            bars.add_row("epochs", ProgressBar(total=max(planned, 1), completed=done, width=30),
+                         f"{done}/{planned}  {elapsed}  ETA {_fmt_duration(self.eta_s())}")
+        status = Text("  ").join(Text(f"{_symbol(s)} {_word(s)} {counts[s]}", style=_STYLE.get(s, ""))
+                                 for s in STATUSES if counts[s] or s in _ALWAYS_COUNTED)
 
-        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-        for name in ("trial", "method", *self.swept, "seed", "epoch"):
-            table.add_column(name, justify="right" if name in ("seed", "epoch") else "left")
-        table.add_column(self.metric, justify="right")
-        table.add_column("best", justify="right")
-        table.add_column("status")
-        rows = self._rows()
-        for v in rows:
-            table.add_row(
-                v.trial_id, v.method, *v.swept.values(), "-" if v.seed is None else str(v.seed), self._epoch_text(v),
-                _fmt_metric(v.value), _fmt_metric(v.best), Text(v.status, style=_STYLE.get(v.status, "")),
-            )
-        hidden = len(self._views) - len(rows)
+        configs = self._configs()
+        if not configs:
+            return Group(bars, status, Text(self._best_text()))
+        best = self.best()
+        best_key = best["config_key"] if best is not None and best["basis"] == "finished" else None
+        stopped = any(c.seeds(STOPPED_EARLY) for c in configs)
+        fixed = ["method", "seeds", "epochs", self.metric, *(["stopped"] if stopped else [])]
+        names = short_names(self.swept, taken=fixed)
+        # Two spaces between columns, none at the edges; a swept column is never narrower than its
+        # header (the method's label gives way first).
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False)
+        table.add_column("method", overflow="ellipsis")
+        for key in self.swept:
+            table.add_column(names[key], overflow="ellipsis", min_width=len(names[key]))
+        table.add_column("seeds", no_wrap=True)
+        table.add_column("epochs", justify="right", no_wrap=True)
+        table.add_column(self.metric, justify="right", no_wrap=True)
+        if stopped:
+            table.add_column("stopped", justify="right", no_wrap=True)
+        shown = self._shown(configs, best_key)
+        for config in shown:
+            view = config.trials[0]
+            run = sum(v.epoch for v in config.trials)
+            plan = sum(v.epoch if v.status in ENDED_STATUSES or v.max_epochs is None else v.max_epochs for v in config.trials)
+            if finished := config.values(TERMINATED):
+                metric = Text(_fmt_mean(finished), style="bold" if config.key == best_key else "")
+            elif running := config.values(*_ACTIVE):
+                metric = Text("~" + _fmt_mean(running), style="dim")
+            else:
+                metric = Text("-", style="dim")
+            cells = [view.method, *view.swept.values(), self._seeds_cell(config), f"{run}/{plan}", metric]
+            if stopped:
+                values = config.values(STOPPED_EARLY)
+                cells.append(Text(f"{statistics.fmean(values):.4f}" if values else "-", style=_STYLE[STOPPED_EARLY]))
+            table.add_row(*cells)
+        hidden = len(configs) - len(shown)
         if hidden > 0:
-            table.caption = f"{hidden} more trial(s) not shown"
-        return Group(bars, status, table, Text(self._best_text()))
+            table.caption = f"{hidden} more configuration(s) not shown"
+
+        legend = [f"{names[k]} = {k}" for k in self.swept if names[k] != k]
+        notes = [Text(" · ".join(legend), style="dim")] if legend else []
+        rule = f"{self.metric} = best epoch, mean ± sd over finished seeds {_SYMBOL[TERMINATED]} (~ running so far)"
+        if stopped:
+            rule += f"; stopped seeds {_SYMBOL[STOPPED_EARLY]} apart, never averaged in"
+        notes.append(Text(rule, style="dim"))
+        return Group(bars, status, table, *notes, Text(self._best_text(names=names)))

@@ -50,7 +50,7 @@ import yaml
 
 from mmtune.errors import ConfigError, Problem, did_you_mean
 
-__all__ = ["Domain", "MethodEntry", "SweepSpec", "load_spec", "parse_spec", "expand_grid", "smoke_spec", "DOMAIN_KINDS"]
+__all__ = ["load_spec_data", "parse_spec_data", "Domain", "MethodEntry", "SweepSpec", "load_spec", "parse_spec", "expand_grid", "smoke_spec", "DOMAIN_KINDS"]
 
 TOP_KEYS = (
     "name", "description", "method", "dataset", "model", "train", "params", "seeds", "search",
@@ -145,6 +145,11 @@ class SweepSpec:
 # ----------------------------------------------------------------------------------------- loading
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a spec file; raise ConfigError listing every problem (with YAML lines)."""
+    return parse_spec_data(*load_spec_data(path))
+
+
+def load_spec_data(path: str | Path) -> tuple[Any, yaml.Node | None]:
+    """A spec file's plain data and its YAML node tree (for line numbers); ConfigError if unreadable."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(Problem(str(path), "no such spec file. Pass the path of a YAML sweep spec (see search_spaces/)."))
@@ -161,6 +166,11 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(Problem(str(path), f"YAML syntax error{where}: {what}. Fix the YAML there.")) from None
     if data is None:
         raise ConfigError(Problem(str(path), "the spec holds no data (only comments?). Start from search_spaces/quickstart.yaml."))
+    return data, node
+
+
+def parse_spec_data(data: Any, node: yaml.Node | None = None) -> SweepSpec:
+    """:func:`parse_spec` with the problems located on the YAML lines of ``node``."""
     try:
         return parse_spec(data)
     except ConfigError as err:

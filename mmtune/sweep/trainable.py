@@ -21,6 +21,7 @@ import torch
 from ray import tune
 
 import mmtune.trainables  # noqa: F401  registers the built-in methods in this process (Ray workers too)
+from mmtune.engine.threads import configure_threads, trial_threads
 from mmtune.engine.trial import Trial, parse_trial_config
 
 __all__ = ["BalancedTrainable", "CHECKPOINT_FILE"]
@@ -40,9 +41,11 @@ class BalancedTrainable(tune.Trainable):
         self.trial = Trial(parse_trial_config(config))
         self._last_checkpoint = time.monotonic()
 
-    def setup(self, config: dict[str, Any], checkpoint_every_s: float | None = None) -> None:
+    def setup(self, config: dict[str, Any], checkpoint_every_s: float | None = None, cpus: float | None = None) -> None:
         if checkpoint_every_s is not None:  # given by the sweep through tune.with_parameters
             self.checkpoint_every_s = checkpoint_every_s
+        if cpus is not None:  # the trial's resources.cpu: a pool no larger than its share (mmtune.engine.threads)
+            configure_threads(trial_threads(cpus))
         self._build(config)
 
     def step(self) -> dict[str, float]:

@@ -13,8 +13,12 @@ Design:
   is told as *pruned* (Optuna ranks pruned trials below finished ones, instead of taking the truncated
   score as a finished one's), and as *failed* if any seed errored. The value told is the metric of
   each seed's last reported epoch (use ``metric: best_val_acc`` to optimise the best epoch).
-* **ASHA** (``AsyncHyperBandScheduler``) on ``training_iteration`` (= epoch), ``max_t = train.epochs``,
-  the sweep's metric and mode.
+* **ASHA** (:class:`mmtune.sweep.scheduler.ConfigASHA`) on ``training_iteration`` (= epoch),
+  ``max_t = train.epochs``, the sweep's metric and mode, deciding per **configuration**: a seed that
+  reaches a rung is paused until all seeds of its configuration have, and the seed mean is judged, so a
+  configuration's seeds continue or stop together (after the same epoch). Its state travels in the
+  experiment snapshot through a callback (Tune does not snapshot schedulers); the concurrency cap is at
+  least the seed count (paused trials count as live).
 * One actor per concurrent trial is reused across trials (``reuse_actors``; the Trainable's
   ``reset_config`` rebuilds in place), Ray is started once per sweep, its console output is quieted,
   failed trials are retried ``max_failures`` times from their last checkpoint (2 kept; a trial
@@ -34,6 +38,7 @@ Storage: ``--storage`` is a local folder (default ``runs/``) or a URI that pyarr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -170,7 +175,11 @@ class SeededOptunaSearcher(_searcher_base()):
         sample = self.samples[sid]
         value = None if (error or not result) else result.get(self.metric)
         epochs = (result or {}).get("training_iteration", 0)
-        if error or value is None:
+        if not error and not result:
+            # Tune stops a paused trial without a result: ConfigASHA stopping the waiting seeds of a
+            # configuration it stops at a rung.
+            sample.stopped_early = True
+        elif error or value is None:
             sample.failed = True
         elif epochs < self.max_epochs:
             sample.stopped_early = True
@@ -207,6 +216,8 @@ class SweepOutcome:
     path: str  # the sweep folder (local path or URI)
     counts: dict[str, int]  # trials by status
     wall_s: float
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM: `mmtune resume` continues it
+    nothing_to_do: bool = False  # `mmtune resume` of a sweep whose every trial had ended
 
     @property
     def ok(self) -> bool:
@@ -251,19 +262,38 @@ def _quiet_ray() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # mmtune catches Ctrl-C itself (to record INTERRUPTED), then triggers Tune's graceful stop.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     for name in ("ray", "ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _init_ray(address: str | None, spec: SweepSpec) -> bool:
-    """Start (or join) Ray once per sweep; returns whether we started it (and so must stop it)."""
+def _init_ray(address: str | None, spec: SweepSpec, console: Any = None) -> bool:
+    """Start (or join) Ray once per sweep; returns whether we started it (and so must stop it). Says
+    so on ``console`` first: starting Ray takes seconds, with nothing else on screen meanwhile."""
     import ray
 
     _quiet_ray()
     if ray.is_initialized():
         started = False
     else:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            try:  # what Ray will find on this machine (its own detection: cgroup CPU limits, visible GPUs)
+                from ray._private.accelerators import get_accelerator_manager_for_resource
+                from ray._private.utils import get_num_cpus
+
+                cpus, gpus = get_num_cpus(), get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+                message = f"starting Ray ({cpus} CPUs, {gpus} GPUs)…"
+            except Exception:  # noqa: BLE001 - private Ray API: only the message depends on it
+                message = f"starting Ray ({os.cpu_count() or '?'} CPUs)…"
+        else:
+            message = f"connecting to the Ray cluster at {address}…"
+        if console is not None:
+            console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
+            log.info(message)
+        ray.init(address=address, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
         started = True
     if spec.gpu > 0 and ray.cluster_resources().get("GPU", 0) <= 0:
@@ -307,12 +337,33 @@ def _searcher(spec: SweepSpec):
 
 
 def _scheduler(spec: SweepSpec):
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from mmtune.sweep.scheduler import ConfigASHA
 
     if spec.asha is None:
         return FIFOScheduler()
-    return AsyncHyperBandScheduler(time_attr="training_iteration", max_t=spec.epochs,
-                                   grace_period=spec.asha["grace_period"], reduction_factor=spec.asha["reduction_factor"])
+    return ConfigASHA(num_seeds=len(spec.seeds), time_attr="training_iteration", max_t=spec.epochs,
+                      grace_period=spec.asha["grace_period"], reduction_factor=spec.asha["reduction_factor"])
+
+
+def _scheduler_callbacks(scheduler: Any) -> list:
+    from mmtune.sweep.scheduler import ConfigASHA
+
+    # Tune snapshots searchers and callbacks with the experiment, not schedulers: without this a
+    # resumed sweep would forget ConfigASHA's rung records and decisions.
+    return [scheduler.state_callback()] if isinstance(scheduler, ConfigASHA) else []
+
+
+def _max_concurrent(spec: SweepSpec, max_concurrent: int | None) -> int:
+    cap = max_concurrent or spec.max_concurrent or fitting_trials(spec)
+    if spec.asha is not None:
+        # ConfigASHA pauses a seed at a rung until the other seeds of its configuration get there, and
+        # Tune counts paused trials as live. The searchers hand out a configuration's seeds one after
+        # another, so with at least one slot per seed some configuration is always complete at its
+        # rung when every live trial waits; with fewer, waiting seeds could hold every slot.
+        cap = max(cap, len(spec.seeds))
+    return cap
 
 
 def _trainable(spec: SweepSpec, trainable: Any = None) -> Any:
@@ -321,7 +372,7 @@ def _trainable(spec: SweepSpec, trainable: Any = None) -> Any:
     from mmtune.sweep.trainable import BalancedTrainable
 
     trainable = trainable or BalancedTrainable  # the method comes from each trial's config
-    wrapped = tune.with_parameters(trainable, checkpoint_every_s=spec.checkpoint_every_s)
+    wrapped = tune.with_parameters(trainable, checkpoint_every_s=spec.checkpoint_every_s, cpus=spec.cpu)
     return tune.with_resources(wrapped, {"cpu": spec.cpu, "gpu": spec.gpu})
 
 
@@ -373,17 +424,19 @@ def build_tuner(spec: SweepSpec, *, storage: str, name: str, max_concurrent: int
     from ray import tune
 
     searcher = _searcher(spec)
+    scheduler = _scheduler(spec)
     tuner = tune.Tuner(
         _trainable(spec, trainable),
         param_space={},
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=_scheduler(spec), metric=spec.metric, mode=spec.mode,
+            search_alg=searcher, scheduler=scheduler, metric=spec.metric, mode=spec.mode,
             num_samples=spec.num_trials(),
-            max_concurrent_trials=max_concurrent or spec.max_concurrent or fitting_trials(spec),
+            max_concurrent_trials=_max_concurrent(spec, max_concurrent),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=_storage_for_ray(storage), callbacks=_callbacks(spec, storage, name, console, live),
+            name=name, storage_path=_storage_for_ray(storage),
+            callbacks=[*_callbacks(spec, storage, name, console, live), *_scheduler_callbacks(scheduler)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=0, checkpoint_at_end=True),
             verbose=0, log_to_file=True,
@@ -394,7 +447,8 @@ def build_tuner(spec: SweepSpec, *, storage: str, name: str, max_concurrent: int
 
 def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | None = None, address: str | None = None,
               max_concurrent: int | None = None, smoke_test: bool = False, console: Any = None,
-              live: bool | None = None, command: str = "", trainable: Any = None) -> SweepOutcome:
+              live: bool | None = None, command: str = "", trainable: Any = None,
+              overrides: list[str] | None = None) -> SweepOutcome:
     """Run a validated sweep to the end; every trial's epochs and summary land under ``storage/name``."""
     if smoke_test:
         spec = smoke_spec(spec)
@@ -404,13 +458,14 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
         raise ConfigError(Problem("--name", f"a sweep already exists at {path}. Continue it with `mmtune resume {path}`, "
                                   "or give this one another --name (nothing there was touched)."))
     _prepare_datasets(spec, console)
-    started = _init_ray(address, spec)
+    started = _init_ray(address, spec, console)
     try:
         meta = {"spec": spec.source, "name": name, "smoke_test": smoke_test, "mmtune_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command or " ".join(sys.argv),
+                "overrides": list(overrides or []),  # key=value given to `mmtune sweep`; "spec" already has them
                 "num_trials": spec.num_trials(), "axes": spec.axes(), "metric": spec.metric, "mode": spec.mode,
                 "algorithm": spec.algorithm, "hardware": _hardware(),
-                "max_concurrent": max_concurrent or spec.max_concurrent or fitting_trials(spec)}
+                "max_concurrent": _max_concurrent(spec, max_concurrent)}
         _write_text(f"{path}/{SPEC_FILE}", json.dumps(meta, indent=2, default=str))
         tuner, _ = build_tuner(spec, storage=storage, name=name, max_concurrent=max_concurrent, console=console,
                                live=live, trainable=trainable)
@@ -479,8 +534,13 @@ def resume_sweep(path: str, *, retry_errored: bool = False, address: str | None 
     """Continue an interrupted sweep: unfinished trials resume from their last checkpoint; with
     ``retry_errored`` errored trials too. Finished trials are kept as they are."""
     path = _local_or_uri(path)
-    spec, _ = load_sweep_spec(path)
-    started = _init_ray(address, spec)
+    spec, meta = load_sweep_spec(path)
+    counts = _counts(path)
+    ended = ("TERMINATED", "STOPPED_EARLY") + (() if retry_errored else ("ERROR",))
+    planned = meta.get("num_trials", spec.num_trials())
+    if counts and sum(counts.values()) >= planned and set(counts) <= set(ended):
+        return SweepOutcome(path, counts, 0.0, nothing_to_do=True)  # before Ray: no start-up to pay for nothing
+    started = _init_ray(address, spec, console)
     try:
         tuner = _restore_tuner(path, spec, retry_errored=retry_errored, console=console, live=live)
     except BaseException:
@@ -522,7 +582,10 @@ def _fit(tuner: Any, path: str, started: bool, *, spec: SweepSpec, trainable: An
 
     try:
         start = time.perf_counter()
-        tuner.fit()
+        with _interruptible(tuner) as interrupted:
+            tuner.fit()
+        if interrupted.is_set():
+            return SweepOutcome(path, _counts(path), time.perf_counter() - start, interrupted=True)
         # Bounded by the sweep's retry budget (a preempted node does not count as a trial's failure).
         for _ in range(spec.max_failures + 1):
             raced = set().union(*(cb.unspent for cb in _tuner_callbacks(tuner) if isinstance(cb, RetryLedger)))
@@ -539,6 +602,40 @@ def _fit(tuner: Any, path: str, started: bool, *, spec: SweepSpec, trainable: An
         return SweepOutcome(path, _counts(path), time.perf_counter() - start)
     finally:
         _stop_ray(started)
+
+
+@contextlib.contextmanager
+def _interruptible(tuner: Any):
+    """Ctrl-C (SIGINT) or SIGTERM during ``fit``: mark the trials not ended by now INTERRUPTED (the
+    results writer), then let Ray Tune stop gracefully (its SIGUSR1 handler: a last experiment
+    snapshot, so `mmtune resume` continues them). A second signal stops at once (KeyboardInterrupt).
+    Yields an Event set when the sweep was interrupted. Off the main thread signals cannot be caught:
+    the context does nothing there."""
+    import signal
+    import threading
+
+    from mmtune.store.writer import ResultsWriter
+
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield interrupted
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        for cb in _tuner_callbacks(tuner):
+            if isinstance(cb, ResultsWriter):
+                cb.interrupt()
+        os.kill(os.getpid(), signal.SIGUSR1)  # Ray Tune's own graceful stop (tune.run registers it)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield interrupted
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _stop_ray(started: bool) -> None:

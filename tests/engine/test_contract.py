@@ -318,3 +318,35 @@ def test_pairs_that_cannot_compose_are_refused_with_the_reason(pair):
 def test_a_method_with_itself_is_refused():
     with pytest.raises(ConfigError, match="with itself"):
         get_method("ogm+ogm")
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_thread_pools_are_sized_to_the_trials_share_and_the_machine(monkeypatch):
+    from mmtune.engine import threads
+    from mmtune.sweep.trainable import BalancedTrainable
+
+    monkeypatch.delenv("MMTUNE_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.trial_threads(1) == 1 and threads.trial_threads(2.5) == 2 and threads.trial_threads(0.25) == 1
+    assert threads.auto_threads() == threads.available_cpus()
+    monkeypatch.setenv("MMTUNE_THREADS", "3")
+    assert threads.auto_threads() == 3 and threads.trial_threads(1) == 3  # an explicit setting wins
+    monkeypatch.delenv("MMTUNE_THREADS")
+    before = torch.get_num_threads()
+    try:
+        trainable = BalancedTrainable(config=tiny_config("joint"))
+        trainable.setup(tiny_config("joint"), cpus=1)  # what the sweep passes a 1-CPU trial (tune.with_parameters)
+        assert torch.get_num_threads() == 1
+        trainable.stop()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_mmtune_run_reports_its_thread_count():
+    out = subprocess.run([str(Path(sys.executable).with_name("mmtune")), "run", "joint", "train.epochs=1",
+                          "dataset.n_train=64", "dataset.n_val=32", "dataset.n_test=32", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, env={**__import__("os").environ, "MMTUNE_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["threads"] == 1

@@ -280,6 +280,8 @@ def test_per_modality_table_reads_final_rho_and_unimodal_acc_at_best_epoch(golde
 
 def test_header_and_provenance(golden):
     text = golden["text"]
+    marker, text = text.split("\n", 1)  # first line: which sweep this report belongs to (overwrite guard)
+    assert marker == f"<!-- mmtune report of sweep 'golden' created {CREATED} -->"
     assert text.startswith("# Ablation report: golden")
     for expected in (CREATED, COMMAND, "mmtune 0.1.0", "torch", "ray", "<details>", "Σ epoch time",
                      "Σ trial wall time", "CPUs"):
@@ -435,3 +437,38 @@ def test_summary_and_paired_interval_edge_cases():
     assert none.n == 0 and math.isnan(none.mean)
     with pytest.raises(ValueError, match="0 < p < 1"):
         t_quantile(1.0, 3)
+
+
+def test_a_report_never_replaces_a_file_it_did_not_write_for_this_sweep(tmp_path, monkeypatch):
+    """A spec comment once said `mmtune report runs/quickstart`, which rewrote the committed
+    reports/quickstart.md and deleted its plots. Now only the sweep's own report is replaced."""
+    make_golden(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    committed = tmp_path / "reports" / "golden.md"
+    committed.parent.mkdir()
+    committed.write_text("# a committed report of another run\n")
+    (tmp_path / "reports" / "golden_files").mkdir()
+    (tmp_path / "reports" / "golden_files" / "keep.png").write_bytes(b"png")
+    with pytest.raises(ConfigError, match="--force"):
+        write_report("golden", storage=str(tmp_path / "runs"))
+    assert committed.read_text() == "# a committed report of another run\n"
+    assert (tmp_path / "reports" / "golden_files" / "keep.png").exists()
+    path = write_report("golden", storage=str(tmp_path / "runs"), force=True)
+    assert path.read_text().startswith("<!-- mmtune report of sweep 'golden' created")
+    write_report("golden", storage=str(tmp_path / "runs"))  # its own report: replaced without --force
+    # Another sweep of the same name (a different creation time) is another sweep.
+    meta = json.loads((tmp_path / "runs" / "golden" / "spec.json").read_text())
+    (tmp_path / "runs" / "golden" / "spec.json").write_text(json.dumps({**meta, "created": "2030-01-01T00:00:00"}))
+    with pytest.raises(ConfigError, match="report of another sweep"):
+        write_report("golden", storage=str(tmp_path / "runs"))
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "a/b", ".."])
+def test_a_crafted_sweep_name_never_becomes_a_path(tmp_path, monkeypatch, name):
+    folder = make_golden(tmp_path / "runs")
+    meta = json.loads((folder / "spec.json").read_text())
+    (folder / "spec.json").write_text(json.dumps({**meta, "name": name}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="not a plain file name"):
+        write_report(str(folder))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]

@@ -61,8 +61,10 @@ def test_grid_sweep_writes_one_row_per_trial_epoch(ray_session, tmp_path):
 def test_optuna_asha_sweep_keeps_stopped_trials_out_of_the_posterior(ray_session, tmp_path):
     import optuna
 
+    # ASHA judges configurations by their seed mean: the learning rate makes them differ (α and E alone
+    # barely move val_acc in 4 epochs on this set, so no configuration would be stopped).
     spec = spec_of(
-        name="opt", method="ogm", train={"epochs": 4, "batch_size": 64}, seeds=[0, 1],
+        name="opt", method="ogm", train={"epochs": 4, "batch_size": 64, "lr": {"loguniform": [0.001, 0.3]}}, seeds=[0, 1],
         params={"alpha": {"loguniform": [0.01, 3.0]}, "start_epoch": {"int": [1, 3]}},
         search={"algorithm": "optuna", "num_samples": 5, "metric": "val_acc", "mode": "max"},
         scheduler={"asha": {"grace_period": 1, "reduction_factor": 3}},
@@ -79,6 +81,7 @@ def test_optuna_asha_sweep_keeps_stopped_trials_out_of_the_posterior(ray_session
     for sid, sample in by_sample.items():
         rows = trials[trials["trial_id"].map(ray_id) == sid]
         assert len(rows) == 2 and sorted(rows["seed"]) == [0, 1]
+        assert rows["status"].nunique() == 1 and rows["epochs_run"].nunique() == 1  # seeds stop together
         expected = "PRUNED" if (rows["status"] == "STOPPED_EARLY").any() else "COMPLETE"
         assert sample.told == expected
     pruned = [t for t in searcher.base._ot_study.trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -269,3 +272,43 @@ def test_shipped_spec_smoke_runs_through_the_cli(ray_session, tmp_path, path, ca
     assert (trials["seed"] == trials["seed"].iloc[0]).all() and (trials["epochs_run"] <= 2).all()  # shrunk
     assert main(["ls", "--storage", str(tmp_path)]) == 0
     assert path.stem in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_trials_interrupted_says_how_to_resume_and_resume_completes(tmp_path):
+    """SIGINT mid-sweep: the cut trials are INTERRUPTED (not STOPPED_EARLY), the screen says
+    `mmtune resume`, the exit code is 130; resume finishes them; a second resume has nothing to do."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent("""\
+        name: cut
+        method: [joint]
+        dataset: {n_train: 2048, n_val: 96, n_test: 96}
+        train: {epochs: 8}
+        seeds: [0, 1, 2, 3]
+        """))
+    mmtune = [sys.executable, "-m", "mmtune.cli"]
+    proc = subprocess.Popen([*mmtune, "sweep", str(spec), "--storage", str(tmp_path / "runs")], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    epochs_file = tmp_path / "runs" / "cut" / "epochs.parquet"
+    deadline = time.time() + 240
+    while _rows(epochs_file) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 130, out[-3000:]
+    assert f"mmtune resume {tmp_path / 'runs' / 'cut'}" in " ".join(out.split()), out[-3000:]
+    _, trials = tables(str(tmp_path / "runs" / "cut"))
+    assert "INTERRUPTED" in set(trials["status"]) and "STOPPED_EARLY" not in set(trials["status"]), trials["status"]
+    done = subprocess.run([*mmtune, "resume", str(tmp_path / "runs" / "cut")], env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    epochs, trials = tables(str(tmp_path / "runs" / "cut"))
+    assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
+    assert len(epochs) == 32 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    start = time.monotonic()
+    again = subprocess.run([*mmtune, "resume", str(tmp_path / "runs" / "cut")], env=_env(), capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stdout + again.stderr
+    assert time.monotonic() - start < 10  # no Ray start-up (it takes 6-20 s here)
+    assert "ray" not in again.stderr.lower() or "Traceback" not in again.stderr
