@@ -26,6 +26,20 @@ def tiny_config(method: str, **sections: dict) -> dict:
     return config
 
 
+def restore_into(trial, fresh):
+    """Checkpoint ``trial`` as the Trainable does (torch.save of Trial.state_dict) and load it into the
+    freshly built trial ``fresh``; returns ``fresh``."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(trial.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=False))
+    return fresh
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

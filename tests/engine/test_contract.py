@@ -5,7 +5,6 @@ per-part windows, every pair of registered methods)."""
 from __future__ import annotations
 
 import ast
-import io
 import itertools
 import json
 import math
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import restore_into, tiny_config
 from torch import Tensor
 
 import mmtune.trainables  # noqa: F401  registers the built-in methods
@@ -198,11 +197,7 @@ def test_declared_state_is_checkpointed_and_restored_mid_stage(probe):
     trial = _probe_trial()
     for _ in range(3):  # into the second stage: its fresh optimizer is in the checkpoint
         trial.step()
-    buffer = io.BytesIO()
-    torch.save(trial.state_dict(), buffer)
-    buffer.seek(0)
-    restored = _probe_trial()
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored = restore_into(trial, _probe_trial())
     assert restored.method.count.item() == 24 and torch.equal(restored.method.means, trial.method.means)
     last = restored.step()
     assert {k: v for k, v in last.items() if k not in TIMING_KEYS} == {k: v for k, v in expected[-1].items() if k not in TIMING_KEYS}

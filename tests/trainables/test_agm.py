@@ -3,14 +3,13 @@ against the official backward rule; checkpoint continuity; the window."""
 
 from __future__ import annotations
 
-import io
 import math
 from itertools import combinations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import restore_into, tiny_config
 from torch import Tensor
 
 from mmtune.engine.method import StepContext
@@ -242,11 +241,7 @@ def test_save_restore_continue_equals_uninterrupted():
     uninterrupted = run(config, 3)
     trial = Trial(parse_trial_config(config))
     trial.step()
-    buffer = io.BytesIO()
-    torch.save(trial.state_dict(), buffer)
-    buffer.seek(0)
-    restored = Trial(parse_trial_config(config))
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored = restore_into(trial, Trial(parse_trial_config(config)))
     assert restored.method.count == trial.method.count == 8  # 256 / 32 iterations averaged
     assert torch.equal(restored.method.score_mean, trial.method.score_mean)
     continued = [restored.step(), restored.step()]

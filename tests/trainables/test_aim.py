@@ -3,13 +3,12 @@ phase switch at E, each ablation switch, every encoder, frame stacks, save → r
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import restore_into, tiny_config
 from torch import nn
 
 import mmtune.trainables.aim as aim  # registers 'aim' (trainables/__init__ does not import it yet)
@@ -446,11 +445,7 @@ def test_save_restore_continue_equals_uninterrupted(params):
         trial = fresh()
         for _ in range(stop):
             trial.step()
-        buffer = io.BytesIO()
-        torch.save(trial.state_dict(), buffer)
-        buffer.seek(0)
-        restored = fresh()
-        restored.load_state_dict(torch.load(buffer, weights_only=False))
+        restored = restore_into(trial, fresh())
         assert [without_timing(restored.step()) for _ in range(3 - stop)] == expected[stop:]
         final = restored.method.state_dict()
         reference = uninterrupted.method.state_dict()

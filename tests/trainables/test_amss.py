@@ -3,13 +3,12 @@ exact gradient masking and scopes, AMSS+ multipliers, trial runs and checkpoint 
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import restore_into, tiny_config
 from torch import nn
 
 import mmtune.trainables.amss as amss_module
@@ -479,11 +478,7 @@ def test_save_restore_continue_equals_uninterrupted(params):
     trial = make()
     trial.step()
     assert trial.method.state_dict()["u"].shape == (2,)
-    buffer = io.BytesIO()
-    torch.save(trial.state_dict(), buffer)
-    buffer.seek(0)
-    restored = make()
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored = restore_into(trial, make())
     assert torch.equal(restored.method.u, trial.method.u)
     assert [without_timing(restored.step()) for _ in range(2)] == expected
 

@@ -8,12 +8,11 @@ run; the one Ray Trainable runs it and keeps the Trainable contract (in-process 
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import restore_into, tiny_config
 
 from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
 from mmtune.sweep.trainable import BalancedTrainable
@@ -71,11 +70,7 @@ def test_save_restore_continue_equals_uninterrupted(method):
     uninterrupted = run(method, 3)
     trial = Trial(parse_trial_config(config_for(method)))
     trial.step()
-    buffer = io.BytesIO()
-    torch.save(trial.state_dict(), buffer)
-    buffer.seek(0)
-    restored = Trial(parse_trial_config(config_for(method)))
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored = restore_into(trial, Trial(parse_trial_config(config_for(method))))
     continued = [restored.step(), restored.step()]
     assert [without_timing(m) for m in continued] == [without_timing(m) for m in uninterrupted[1:]]
 

@@ -3,12 +3,11 @@ after E_r, the window, save → restore → continue."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import restore_into, tiny_config
 
 from mmtune.engine.method import StepContext
 from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
@@ -247,11 +246,7 @@ def test_save_restore_continue_equals_uninterrupted():
     expected = [uninterrupted.step() for _ in range(3)]
     trial = Trial(parse_trial_config(config))
     trial.step()
-    buffer = io.BytesIO()
-    torch.save(trial.state_dict(), buffer)
-    buffer.seek(0)
-    restored = Trial(parse_trial_config(config))
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored = restore_into(trial, Trial(parse_trial_config(config)))
     assert torch.equal(restored.method.prototypes, trial.method.prototypes)
     continued = [restored.step(), restored.step()]
 

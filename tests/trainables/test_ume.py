@@ -4,12 +4,11 @@ stage boundary, non-additive fusions and composition refused."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import restore_into, tiny_config
 
 import mmtune.trainables  # noqa: F401  the other methods (composition test)
 import mmtune.trainables.ume  # noqa: F401  registers ume
@@ -176,11 +175,7 @@ def test_save_restore_continue_equals_uninterrupted(save_after):
     trial = ume_trial(5, train=train, stage_epochs=[2, 3])
     for _ in range(save_after):
         trial.step()
-    buffer = io.BytesIO()
-    torch.save(trial.state_dict(), buffer)
-    buffer.seek(0)
-    restored = ume_trial(5, train=train, stage_epochs=[2, 3])
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored = restore_into(trial, ume_trial(5, train=train, stage_epochs=[2, 3]))
     continued = [without_timing(restored.step()) for _ in range(5 - save_after)]
     assert continued == uninterrupted[save_after:]
 
