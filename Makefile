@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on the built-in default: the quickstart sweep (joint vs OGM-GE vs OPM vs AMSS+ vs AIM,
+# The main job on the built-in default: the quickstart sweep (joint vs OGM-GE vs OPM vs AMSS+ vs AIM vs UME,
 # 3 seeds, synthetic data), then its report. Each run gets its own folder, so nothing is overwritten.
 demo: setup
 	@name=quickstart-$$(date +%Y%m%d-%H%M%S); \

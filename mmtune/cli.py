@@ -12,7 +12,8 @@
   [--smoke-test]`` — apply the overrides (``train.epochs=5 seeds=[0,1] alpha=0.5``), validate, then run the sweep with Ray Tune; live progress; Parquet tables under
   ``<storage>/<name>``. Exit 0 when every trial finished (or was stopped early by ASHA), 1 when some
   trial ended in ERROR (the others still ran), 2 for an invalid spec (nothing started or written).
-* ``mmtune resume DIR [--retry-errored]`` — continue an interrupted sweep from its checkpoints.
+* ``mmtune resume DIR [--retry-errored] [--trust-pickles]`` — continue an interrupted sweep from its checkpoints
+  (its pickles must carry your signing key's signatures: README, "Sharing sweep folders").
 * ``mmtune ls [STORAGE]`` — the sweeps under a storage path (default ``runs``), with status counts and progress.
 * ``mmtune report SWEEP [--out reports/<name>.md] [--metric val_acc] [--latex] [--paper-protocol]
   [--baseline LABEL]`` — markdown ablation tables (mean ± std (n) over seeds, paired significance vs
@@ -35,17 +36,23 @@ from typing import Any, Self
 import yaml
 
 from mmtune import __version__
-from mmtune.errors import ConfigError, Problem, did_you_mean
+from mmtune.errors import ConfigError, Problem, did_you_mean, shorten
 
 EXIT_USAGE = 2
 SECTIONS = ("dataset", "model", "train", "params")
 
 
 def parse_value(text: str) -> Any:
-    """YAML scalar/list syntax for override values (``3``, ``0.5``, ``true``, ``null``, ``[a, b]``)."""
+    """YAML scalar/list syntax for override values (``3``, ``0.5``, ``true``, ``null``, ``[a, b]``).
+
+    Read under a spec file's bounds (depth, aliases, plain values only); anything else stays the text
+    it is, which the key's own type check then names.
+    """
+    from mmtune.sweep.spec import load_yaml_value
+
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml_value(text, where="override") if text.strip() else ""
+    except (yaml.YAMLError, ConfigError):
         return text
     if isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" as a string; users mean the number.
@@ -78,20 +85,31 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], *,
         elif key in top_level:
             config[key] = value
         elif dot and rest and section in str(config.get("method", "")).split("+") and "+" in str(config.get("method", "")):
-            config.setdefault("params", {})[key] = value  # a composed method's own name: opm.lam=0.5
+            _set(config, ["params", key], value, key, problems)  # a composed method's own name: opm.lam=0.5
         elif dot and section in SECTIONS and rest:
-            node = config.setdefault(section, {})
-            *parents, leaf = rest.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
+            _set(config, [section, *rest.split(".")], value, key, problems)
         elif dot:
             problems.append(
                 Problem(key, f"unknown section '{section}'. Dotted keys start with one of: {', '.join(SECTIONS)}.")
             )
         else:
-            config.setdefault("params", {})[key] = value
+            _set(config, ["params", key], value, key, problems)
     return config, problems
+
+
+def _set(config: dict[str, Any], path: list[str], value: Any, key: str, problems: list[Problem]) -> None:
+    """``config[path[0]]…[path[-1]] = value``, copying each mapping on the way (a spec's data may share
+    one mapping between places through a YAML alias); a problem if the way passes a non-mapping."""
+    node = config
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is not None and not isinstance(child, Mapping):
+            where = ".".join(path[:depth + 1])
+            problems.append(Problem(key, f"cannot be set: {where} is {type(child).__name__} {shorten(child, 40)}, not a mapping."))
+            return
+        node[part] = child = dict(child or {})
+        node = child
+    node[path[-1]] = value
 
 
 def _section_keys() -> list[str]:
@@ -110,14 +128,15 @@ def _section_keys() -> list[str]:
 
 def validate_run_config(config: dict[str, Any], syntax: list[Problem]):
     """Parse a run config; raise one ConfigError with the syntax and config problems together."""
-    from mmtune.engine.trial import parse_trial_config
+    from mmtune.engine.trial import memory_of_machine, parse_trial_config, preflight
 
     try:
         spec = parse_trial_config(config)
     except ConfigError as err:
         raise ConfigError([*syntax, *prefer_section_keys(err.problems, f"method '{config.get('method')}'")]) from None
-    if syntax:
-        raise ConfigError(syntax)
+    problems = [*syntax, *preflight(spec, memory=memory_of_machine(available=True))]  # what building it would refuse
+    if problems:
+        raise ConfigError(problems)
     return spec
 
 
@@ -238,6 +257,7 @@ class _EpochTable:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from mmtune.data.synthetic import SyntheticConfig, bayes_metrics
     from mmtune.engine.threads import auto_threads, configure_threads
     from mmtune.engine.trial import Trial
 
@@ -260,6 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 metrics = trial.step()
             epochs.add(metrics)
     total = time.perf_counter() - start
+    limits = bayes_metrics(spec.dataset) if isinstance(spec.dataset, SyntheticConfig) else {}
     console.print()
     summary = Table(title="summary", caption="model selected on validation;\ntest at the best-validation epoch")
     summary.add_column("metric")
@@ -273,6 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         *((f"final val_acc/{m}", metrics[f"val_acc/{m}"]) for m in mods),
         *((f"final val_probe/{m}", metrics[f"val_probe/{m}"]) for m in mods if spec.train.probe),
         *((f"final imbalance/{m}", metrics[f"imbalance/{m}"]) for m in mods if len(mods) > 1),
+        *(((f"Bayes limit ({'joint' if k == 'bayes_acc' else k.split('/')[1] + ' alone'})", v) for k, v in limits.items())),
         ("wall time (s)", total),
         ("device", f"{trial.device} ({threads} threads)" if trial.device.type == "cpu" else str(trial.device)),
     ]
@@ -280,7 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary.add_row(name, _fmt(value))
     console.print(summary)
     if args.json:
-        print(json.dumps({**metrics, "wall_s": total, "threads": threads}), flush=True)
+        print(json.dumps({**metrics, **limits, "wall_s": total, "threads": threads}), flush=True)
     return 0
 
 
@@ -333,7 +355,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Decode a real dataset once into its cache (spectrograms, resized frames, token ids) so that every
     later run and sweep trial reads arrays instead of media files."""
     from mmtune.data import dataset_config
-    from mmtune.data.real import REAL_DATASETS, cache_path, prepare
+    from mmtune.data.real import REAL_DATASETS, cache_changes, cache_path, prepare
 
     console = _console(stderr=False)
     data: dict[str, Any] = {"name": args.dataset, "root": args.root}
@@ -352,7 +374,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise ConfigError(Problem("dataset", f"'{args.dataset}' is not a real dataset that needs preparing. Real datasets: {known}."))
     cfg = dataset_config(data)
     folder = cache_path(cfg)
-    if (folder / "meta.json").is_file() and not args.force:
+    if not args.force and cache_changes(cfg, folder) == []:  # a cache whose media files changed is prepared again
         console.print(f"{cfg.name}: already prepared in {folder} (use --force to rebuild)")
         return 0
     start = time.perf_counter()
@@ -378,14 +400,25 @@ def _sweep_exit(outcome, console) -> int:
         console.print(f"[yellow]interrupted: {cut} trial(s) did not finish. Continue the sweep with: "
                       f"mmtune resume {path}[/yellow]", soft_wrap=True)
         return 130
+    unfinished = getattr(outcome, "unfinished", 0)
+    if unfinished:  # never a success code with planned trials missing
+        console.print(f"[red]unfinished: {unfinished} of the {outcome.planned} planned trials have not ended. "
+                      f"Continue the sweep with: mmtune resume {path}[/red]", soft_wrap=True)
+        return 1
+    if getattr(outcome, "storage_errors", 0):
+        console.print(f"[red]{outcome.storage_errors} trial(s) failed because the storage was full or read-only. Free "
+                      f"some space, then run them again with: mmtune resume {path}[/red]", soft_wrap=True)
+        return 1
     console.print(f"next: mmtune report {path}", soft_wrap=True)
     return 0 if outcome.ok else 1
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mmtune.sweep.spec import load_spec
-    from mmtune.sweep.tuner import run_sweep
+    from mmtune.sweep.tuner import check_sweep_name, run_sweep
 
+    if args.name is not None:
+        check_sweep_name(args.name)  # a folder under --storage, never a path out of it
     spec = load_spec_with_overrides(args.spec, args.overrides)  # every problem, before Ray starts
     check_address(args.address or os.environ.get("RAY_ADDRESS"))
     console = _console(stderr=False)
@@ -407,6 +440,8 @@ def load_spec_with_overrides(path: str, overrides: Sequence[str]):
     if not overrides:
         return load_spec(path)
     data, node = load_spec_data(path)
+    if not isinstance(data, Mapping):
+        return parse_spec_data(data, node)  # not a spec at all: that error, without the overrides
     data, syntax = apply_overrides(dict(data), overrides, top_level=SPEC_TOP_LEVEL)
     try:
         spec = parse_spec_data(data, node)
@@ -441,17 +476,22 @@ def check_address(address: str | None, *, timeout_s: float = 5.0) -> None:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from mmtune.store.reader import finished_counts
+    from mmtune.sweep.driver import clean_up_dead_driver
 
     console = _console(stderr=False)
     counts = finished_counts(args.path, errored_count_as_ended=not args.retry_errored)
     if counts is not None:  # answered from the tables alone: no Ray, no torch, well under a second
         from types import SimpleNamespace
 
+        with contextlib.suppress(ConfigError):  # its driver still runs (printing its summary): nothing to end
+            clean_up_dead_driver(args.path)  # a driver killed after its last trial left Ray running too
+
         return _sweep_exit(SimpleNamespace(path=args.path, counts=counts, nothing_to_do=True), console)
     from mmtune.sweep.tuner import resume_sweep
 
     check_address(args.address or os.environ.get("RAY_ADDRESS"))
-    outcome = resume_sweep(args.path, retry_errored=args.retry_errored, address=args.address, console=console)
+    outcome = resume_sweep(args.path, retry_errored=args.retry_errored, address=args.address, console=console,
+                           trust_pickles=args.trust_pickles)
     return _sweep_exit(outcome, console)
 
 
@@ -470,6 +510,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         raise ConfigError(Problem(storage, (
             "no such storage folder. Pass the folder a sweep wrote to (`mmtune ls <storage>`; `mmtune sweep` "
             "writes to runs/ by default), or start one: mmtune sweep search_spaces/quickstart.yaml"))) from None
+    except OSError as err:  # a folder that cannot be listed (permissions, a dead mount)
+        from mmtune.errors import StorageError
+        from mmtune.store.faults import first_line
+
+        raise StorageError(Problem(storage, f"cannot be listed ({first_line(err)}).")) from None
     if not sweeps:
         console.print(f"no sweeps under {escape(storage)}. Start one: mmtune sweep search_spaces/quickstart.yaml")
         return 0
@@ -495,11 +540,24 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mmtune.report import write_report
+    import pyarrow as pa
 
-    path = write_report(args.sweep, out=args.out, metric=args.metric, latex=args.latex,
-                        paper_protocol=args.paper_protocol, baseline=args.baseline, storage=args.storage,
-                        force=args.force)
+    from mmtune.errors import StorageError
+    from mmtune.report import write_report
+    from mmtune.store.faults import first_line, free_space, is_storage_error
+
+    try:
+        path = write_report(args.sweep, out=args.out, metric=args.metric, latex=args.latex,
+                            paper_protocol=args.paper_protocol, baseline=args.baseline, storage=args.storage,
+                            force=args.force)
+    except (OSError, pa.ArrowException) as err:  # a full or read-only --out folder, a table damaged past the checks
+        where = str(getattr(err, "filename", None) or args.out or args.sweep)
+        if is_storage_error(err) or isinstance(err, PermissionError):
+            space = free_space(where)
+            raise StorageError(Problem(where, f"cannot be written ({first_line(err)}{'; ' + space if space else ''}). "
+                                       "Free some space or pass another --out.")) from None
+        raise StorageError(Problem(args.sweep, f"the report could not be made from its tables ({first_line(err)}). If a "
+                                   f"table is damaged, `mmtune resume {args.sweep}` rebuilds it.")) from None
     print(f"report: {path}")
     return 0
 
@@ -548,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("path", help="the sweep folder (<storage>/<name>)")
     resume.add_argument("--retry-errored", action="store_true", help="also rerun errored trials from their last checkpoint")
     resume.add_argument("--address", help="Ray cluster address")
+    resume.add_argument("--trust-pickles", action="store_true",
+                        help="resume a folder whose pickles are not signed with your key (another user's, or from "
+                             "before signing): unpickling them can run code, so only for a folder you trust")
     resume.set_defaults(handler=cmd_resume)
 
     ls = verbs.add_parser("ls", help="list sweeps with status counts")
@@ -581,8 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
-    except ConfigError as err:
-        print(f"mmtune {args.verb}: invalid configuration\n{err}", file=sys.stderr)
+    except ConfigError as err:  # StorageError too: "storage problem", with the path and the way back
+        print(f"mmtune {args.verb}: {err.headline}\n{err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -25,12 +25,67 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from mmtune.errors import ConfigError, Problem, did_you_mean
+from mmtune.errors import ConfigError, Problem, did_you_mean, shorten
 
-__all__ = ["Record", "hp", "from_dict", "describe_fields", "field_defaults", "check_record", "external_name", "to_dict"]
+__all__ = ["Record", "hp", "from_dict", "describe_fields", "field_defaults", "check_record", "external_name", "to_dict",
+           "number_problem", "INT64_MAX", "MAX_SEED"]
 
 R = TypeVar("R", bound="Record")
 _MISSING = dataclasses.MISSING
+INT64_MAX = 2**63 - 1  # every integer a config holds is stored as a 64-bit integer (Arrow tables, torch)
+# Trial seeds: a trial also seeds its method's generator with seed + 1,000,003, which must stay a 64-bit integer.
+MAX_SEED = 2**63 - 2**20
+
+
+def number_problem(value: Any) -> str | None:
+    """What is wrong with a number no config may hold (NaN, an infinity, an integer beyond 64 bits), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}."
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        return f"must fit in a 64-bit integer (|x| < 2**63), got {shorten(value, 30)}."
+    return None
+
+
+def _numeric_text_hint(value: Any, tp: Any) -> str:
+    """For text that reads as a number in a numeric field: how to write it so YAML reads a number.
+    (YAML 1.1 reads ``1e-3`` as text: a float needs a dot and a signed exponent, ``1.0e-3``.)"""
+    allowed = _scalar_types(tp)
+    if not isinstance(value, str) or not {int, float} & allowed or len(value) > 40:
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    if float not in allowed:  # an integer field
+        if not number.is_integer():
+            return ""
+        written = str(int(number))
+    else:
+        mantissa, e, exponent = value.strip().lower().partition("e")
+        written = value.strip()
+        if e:
+            mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+            written = f"{mantissa}e{exponent if exponent[:1] in '+-' else '+' + exponent}"
+        if not isinstance(_yaml_number(written), float):
+            written = repr(number)
+    return f" YAML reads {value!r} as text; write {written} for the number."
+
+
+def _yaml_number(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _scalar_types(tp: Any) -> set[type]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return {t for arg in typing.get_args(tp) for t in _scalar_types(arg)}
+    return {tp} if isinstance(tp, type) else set()
 
 
 def hp(
@@ -168,16 +223,36 @@ def _check_value(name: str, value: Any, meta: Mapping[str, Any]) -> str | None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         opts = ", ".join(repr(c) for c in choices)
-        return f"must be one of {opts}, got {value!r}.{did_you_mean(str(value), map(str, choices))}"
+        return f"must be one of {opts}, got {shorten(value)}.{did_you_mean(str(value), map(str, choices))}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, got {value!r}."
+    if number_problem(value):
+        return number_problem(value)
     low, high = meta.get("low"), meta.get("high")
     too_low = low is not None and (value <= low if meta.get("low_open") else value < low)
     too_high = high is not None and (value >= high if meta.get("high_open") else value > high)
     if too_low or too_high:
         return f"must lie in {_range_text(meta)}, got {value!r}."
+    return None
+
+
+def _items_problem(value: Any) -> tuple[str, str] | None:
+    """(where, what) of a number no config may hold in a value, or inside a list or mapping value
+    (``fixed_p: {audio: .nan}`` → ``(".audio", "must be a finite number, got nan.")``)."""
+    if not isinstance(value, (Mapping, list, tuple)):
+        problem = number_problem(value)
+        return ("", problem) if problem else None
+    stack: list[tuple[Any, str]] = [(value, "")]
+    seen = 0
+    while stack and seen < 10_000:
+        item, where = stack.pop()
+        seen += 1
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{where}.{k}") for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        elif number_problem(item):
+            return where, number_problem(item)
     return None
 
 
@@ -193,10 +268,15 @@ def check_record(record: Any) -> list[Problem]:
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
         name = external_name(type(record), f.name)
+        problem = _items_problem(value)
+        if problem:  # before coercing: float() of a 400-digit integer overflows
+            problems.append(Problem(f"{name}{problem[0]}", problem[1]))
+            continue
         ok, coerced = _coerce(value, hints[f.name])
         if not ok:
+            hint = _numeric_text_hint(value, hints[f.name])
             problems.append(
-                Problem(name, f"expected {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__}).")
+                Problem(name, f"expected {_type_name(hints[f.name])}, got {shorten(value)} ({type(value).__name__}).{hint}")
             )
             continue
         if coerced is not value and coerced != value or type(coerced) is not type(value):
@@ -215,7 +295,7 @@ def from_dict(cls: type[R], data: Mapping[str, Any] | None, *, path: str = "") -
     data = {} if data is None else data
     prefix = f"{path}." if path else ""
     if not isinstance(data, Mapping):
-        raise ConfigError([Problem(path, f"expected a mapping of keys to values, got {data!r}.")])
+        raise ConfigError([Problem(path, f"expected a mapping of keys to values, got {shorten(data)}.")])
     normalize = getattr(cls, "normalize_input", None)
     if normalize is not None:  # e.g. a composed method's nested {opm: {lam: 0.5}} → {opm.lam: 0.5}
         data = normalize(data)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Sweeps sign their pickles with a per-user key under $XDG_CONFIG_HOME (mmtune.sweep.signing): the
+# tests (and the CLI subprocesses they start) use a key of their own, never the developer's.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="mmtune-tests-config-")
 
 import pytest  # noqa: E402
 
@@ -36,7 +40,7 @@ def restore_into(trial, fresh):
     buffer = io.BytesIO()
     torch.save(trial.state_dict(), buffer)
     buffer.seek(0)
-    fresh.load_state_dict(torch.load(buffer, weights_only=False))
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
     return fresh
 
 
@@ -45,6 +49,7 @@ def ray_session():
     import ray
 
     ray.init(
+        address="local",  # never join a cluster some earlier process left running (/tmp/ray/ray_current_cluster)
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -190,3 +190,74 @@ def test_a_wrong_address_is_one_clear_error_in_seconds(tmp_path):
     assert not (tmp_path / "runs").exists()
     out = console_script("sweep", str(spec), "--address", "nonsense", "--storage", str(tmp_path / "runs"))
     assert out.returncode == 2 and "not HOST:PORT" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "/tmp/abs", "..", ".hidden", "x\n"])
+def test_sweep_name_is_one_plain_folder_name_and_nothing_is_written(tmp_path, capsys, name):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: ok\nmethod: joint\ntrain: {epochs: 1}\n")
+    (tmp_path / "work").mkdir()
+    storage = tmp_path / "work" / "runs"
+    assert main(["sweep", str(spec), "--storage", str(storage), "--name", name]) == 2
+    assert "--name: must be a plain folder name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["spec.yaml", "work"]  # no spec.json anywhere
+
+
+def test_run_sweep_refuses_a_name_that_leaves_the_storage(tmp_path):
+    from mmtune.errors import ConfigError
+    from mmtune.sweep.spec import parse_spec
+    from mmtune.sweep.tuner import run_sweep
+
+    with pytest.raises(ConfigError, match="plain folder name"):
+        run_sweep(parse_spec({"name": "ok", "method": "joint"}), storage=str(tmp_path / "runs"), name="../x")
+    assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- nothing escapes (issue 23)
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["train.batch_size=9223372036854775808"], ["train.batch_size", "must fit in a 64-bit integer"]),
+        (["seed=18446744073709551616"], ["seed", "below 2**63 - 2**20"]),
+        (["dataset.seed=18446744073709551616"], ["dataset.seed", "must fit in a 64-bit integer"]),
+        (["dataset.n_train=100000000000000"], ["dataset: the trial would need about 102.4 PB", "Lower dataset.n_train"]),
+        (["model.hidden_dim=1000000000"], ["dataset: the trial would need about", "for the MLP"]),
+        (["model.weights.audio=/nonexistent.pt"], ["model.weights.audio: no such weights file or folder: '/nonexistent.pt'."]),
+        (["dataset.name={a: 1}"], ["dataset.name: must be a dataset name such as 'synthetic'"]),
+        (["train.lr=.nan"], ["train.lr: must be a finite number"]),
+        (["model.backbones=" + "[" * 3000 + "]" * 3000], ["model.backbones: expected mapping of str to str, got '[[[[[["]),
+        (["dataset.modalities=[&a [x, x, x, x], &b [*a, *a, *a, *a], &c [*b, *b, *b, *b], *c, *c, *c, *c, *c, *c]"],
+         ["dataset.modalities: expected list of str"]),
+    ],
+    ids=["batch-size-2**63", "seed-2**64", "data-seed-2**64", "n-train-1e14", "hidden-1e9", "missing-weights", "dataset-name-mapping",
+         "lr-nan", "3000-brackets", "alias-bomb"],
+)
+def test_bad_overrides_exit_2_naming_the_key(capsys, args, needles):
+    assert main(["run", "joint", *args]) == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, err
+    assert "Traceback" not in err and len(err) < 2_000
+
+
+def test_validate_names_the_byte_that_is_not_utf8(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(b"name: caf\xe9\nmethod: joint\n")
+    assert main(["validate", str(spec)]) == 2
+    assert "byte 0xe9 at offset 9 (line 1, byte 10 of the line) cannot be decoded. Save the file as UTF-8." in capsys.readouterr().err
+
+
+def test_an_encoder_problem_names_the_model_key(tmp_path):
+    from mmtune.data import dataset_config
+    from mmtune.errors import ConfigError
+    from mmtune.models import ModelConfig, build_model
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    cfg = ModelConfig(backbone="mlp", weights={"audio": str(weights)})
+    shapes = {m: dataset_config({}).input_shape(m) for m in ("audio", "video")}
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg, input_shapes=shapes, num_classes=3)
+    assert [p.path for p in err.value.problems] == ["model.weights.audio"]

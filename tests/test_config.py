@@ -269,3 +269,48 @@ def test_to_dict_plain_data_and_round_trip() -> None:
     assert isinstance(d["names"], list)
     assert from_dict(Params, d) == p
     assert from_dict(Params, to_dict(Params())) == Params()
+
+
+# ----------------------------------------------------------------------------- numbers no config may hold
+
+
+@dataclass(frozen=True)
+class Ratios(Record):
+    per_modality: dict[str, float] = hp(default_factory=dict, doc="a float per modality")
+    steps: tuple[int, ...] = hp((1,), doc="some integers")
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "path", "message"),
+    [
+        (Params, {"free": 10**400}, "free", "must fit in a 64-bit integer (|x| < 2**63), got 10000000000000000000000000000… (401 characters)."),
+        (Params, {"limit": 2**63}, "limit", "must fit in a 64-bit integer (|x| < 2**63), got 9223372036854775808."),
+        (Params, {"free": -math.inf}, "free", "must be a finite number, got -inf."),
+        (Ratios, {"per_modality": {"audio": math.nan}}, "per_modality.audio", "must be a finite number, got nan."),
+        (Ratios, {"steps": [1, 2**64]}, "steps[1]", "must fit in a 64-bit integer (|x| < 2**63), got 18446744073709551616."),
+    ],
+)
+def test_nan_infinities_and_integers_beyond_64_bits_are_refused(cls, data, path, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(cls, data)
+    assert [(p.path, p.message) for p in err.value.problems] == [(path, message)]
+
+
+@pytest.mark.parametrize(
+    ("data", "hint"),
+    [
+        ({"alpha": "1e-3"}, "YAML reads '1e-3' as text; write 1.0e-3 for the number."),
+        ({"alpha": "5E2"}, "YAML reads '5E2' as text; write 5.0e+2 for the number."),
+        ({"alpha": "0.5"}, "YAML reads '0.5' as text; write 0.5 for the number."),
+        ({"steps": "1e1"}, "YAML reads '1e1' as text; write 10 for the number."),
+    ],
+)
+def test_text_that_reads_as_a_number_gets_the_spelling_yaml_reads_as_one(data, hint) -> None:
+    pr = only_problem(data)
+    assert pr.message.endswith(hint), pr.message
+    assert "write" not in only_problem({"alpha": "fast"}).message and "write" not in only_problem({"steps": "1.5"}).message
+
+
+def test_a_long_value_is_cut_in_the_message() -> None:
+    pr = only_problem({"mode": "x" * 5000})
+    assert len(pr.message) < 250 and "… (5,002 characters)" in pr.message

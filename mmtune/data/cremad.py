@@ -49,7 +49,9 @@ Validation: OGM-GE has none (it reports the test accuracy of the best epoch); th
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -117,10 +119,17 @@ class Cremad(RealDataset):
     @classmethod
     def fingerprint(cls, cfg: CremadConfig) -> str:
         """The split files (size, mtime) and where frames come from: copying OGM-GE's csv files into a
-        prepared root, or extracting frames next to the videos, must not reuse the old cache."""
+        prepared root, or extracting frames next to the videos, must not reuse the old cache. Without
+        split files the clips are the WAVs found, so their names count too (the cache's sources.json
+        covers the files it was decoded from, not one added later)."""
         root = Path(cfg.root).expanduser()
         split_files = [_stamp(root / cfg.split_dir / name) for name in ("train.csv", "test.csv")]
-        return ";".join([*split_files, "frames" if (root / cfg.frames_dir).is_dir() else "videos"])
+        parts = [*split_files, "frames" if (root / cfg.frames_dir).is_dir() else "videos"]
+        if split_files[0].endswith(":absent") and split_files[1].endswith(":absent") and (root / "AudioWAV").is_dir():
+            names = sorted(e.name for e in os.scandir(root / "AudioWAV")
+                           if not e.name.startswith(".") and e.name.lower().endswith(".wav"))
+            parts.append(hashlib.sha256("\n".join(names).encode()).hexdigest()[:16])
+        return ";".join(parts)
 
     @classmethod
     def index(cls, cfg: CremadConfig) -> Index:

@@ -12,7 +12,8 @@
   override may set either, and the bare ``lam`` is refused as ambiguous, naming both.
 
 Hooks: ``before_forward`` chains, ``extra_loss`` sums, ``modulate_gradients`` and ``after_step`` run
-each part in the order written. Each part keeps its own window: the composite calls a part's
+each part in the order written; ``train_indices`` intersects (a sample any part reserves is held out
+of training for all of them). Each part keeps its own window: the composite calls a part's
 per-batch hooks only inside that part's window (or always, for an always-active part, with
 ``ctx.modulating`` telling it which side of its own E it is on), so an always-active part never
 switches its partners on outside their windows.
@@ -29,6 +30,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from mmtune.config import Record
@@ -165,6 +167,16 @@ class Composite(BalancingMethod):
 
     def extra_parameters(self):
         return [p for child in self.children for p in child.extra_parameters()]
+
+    def train_indices(self, n: int, generator):
+        # A sample any part reserves is held out for all of them: the loop trains on the intersection.
+        kept = None
+        for child in self.children:
+            index = child.train_indices(n, generator)
+            if index is not None:
+                index = torch.as_tensor(index).long()
+                kept = index if kept is None else kept[torch.isin(kept, index)]
+        return kept
 
     def stages(self, epochs: int) -> tuple[Stage, ...]:
         return (Stage("train", epochs),)

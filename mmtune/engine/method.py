@@ -23,6 +23,14 @@ model, the optimizer, the trial's training split (for epoch-level passes: protot
 and the current :class:`Stage`. What a method keeps across steps is declared once in ``state``
 (attribute names): the base class saves and restores them with the trial's checkpoint.
 
+Held-out samples: a method that estimates something on data it must not train on (G-Blending's
+overfitting-to-generalisation ratio) reserves part of the training split with
+:meth:`BalancingMethod.train_indices`. The trial asks once, when it is built, with a generator seeded
+from the trial's seed alone: the same config reserves the same samples on every build, so a checkpoint
+restores the split without storing it. The loop then trains only on the rest (``ctx.train``: no
+gradient step, no batch, no BatchNorm statistic sees a reserved sample) and the reserved samples reach
+the hooks as ``ctx.holdout``. Every other method trains on the whole split (the default, None).
+
 Multi-stage methods (UME: each modality alone, then the ensemble) return their schedule from
 :meth:`BalancingMethod.stages`; one Tune step stays one epoch and the trial knows the stage of each
 epoch, so a checkpoint restores mid-stage.
@@ -95,7 +103,8 @@ class StepContext:
     device: torch.device
     model: MultimodalModel | None = None
     optimizer: torch.optim.Optimizer | None = None
-    train: TensorSplit | None = None  # the trial's training split, for epoch-level passes (no val/test)
+    train: TensorSplit | None = None  # the samples the loop trains on, for epoch-level passes (no val/test)
+    holdout: TensorSplit | None = None  # the training samples train_indices reserved (None: none reserved)
     batch_size: int = 0  # the training mini-batch size
     stage: Stage | None = None  # the stage this epoch belongs to
     stage_epoch: int = 0  # 1-based epoch within the stage
@@ -151,7 +160,7 @@ class TraceMeter:
 # Every name the loop and the trial call on a method; a public method close to one of these but not
 # equal is a typo (checked at registration).
 HOOKS = frozenset({
-    "bind", "extra_parameters", "in_window", "stages", "select_modalities", "hyperparameters",
+    "bind", "extra_parameters", "in_window", "stages", "select_modalities", "hyperparameters", "train_indices",
     "begin_epoch", "end_epoch", "before_forward", "loss", "extra_loss", "modulate_gradients", "after_step",
     "state_dict", "load_state_dict",
 })
@@ -230,6 +239,14 @@ class BalancingMethod:
     def stages(self, epochs: int) -> tuple[Stage, ...]:
         """The schedule of a trial of ``epochs`` epochs; one stage unless the method has several."""
         return (Stage("train", epochs),)
+
+    def train_indices(self, n: int, generator: torch.Generator) -> Tensor | None:
+        """Indices into the training split (``n`` samples) of the samples the loop trains on; None (the
+        default): all of them. The others are reserved: held out of every gradient step for the whole
+        trial and handed to the hooks as ``ctx.holdout``. Called once, after :meth:`bind`, with a CPU
+        generator seeded from the trial's seed only; the result must depend on nothing else, so that
+        every build of the same config (a restored checkpoint) reserves the same samples."""
+        return None
 
     def in_window(self, epoch: int) -> bool:
         end = self.config.end_epoch

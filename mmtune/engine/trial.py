@@ -15,6 +15,10 @@ test) and returns the metrics of DESIGN §3.3. :meth:`Trial.state_dict` holds ev
 continue bit-exactly on the CPU: model, optimizer, scheduler, method state, RNG states, epoch and
 best-so-far.
 
+Held-out samples: a method may reserve part of the training split (``train_indices``, drawn once
+from the trial's seed); the loop never trains on them and the method's hooks see them as
+``ctx.holdout``. A method that reserves nothing (the default) trains on the whole split.
+
 Model selection: ``best_*`` and ``*_at_best_val`` follow the best *validation* accuracy (first
 epoch on ties). Test metrics are reported every epoch and never select anything.
 """
@@ -23,25 +27,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from mmtune.config import Record, from_dict, hp, to_dict
+from mmtune.config import MAX_SEED, Record, from_dict, hp, to_dict
 from mmtune.data import build_dataset, dataset_config
+from mmtune.data.base import TensorSplit
 from mmtune.engine.loop import evaluate, train_epoch
 from mmtune.config import external_name
 from mmtune.engine.method import BalancingMethod, MethodConfig, Stage, StepContext, check_stages
 from mmtune.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
 from mmtune.engine.probe import probe_metrics
 from mmtune.engine.registry import get_method
-from mmtune.errors import ConfigError, Problem, did_you_mean
+from mmtune.errors import ConfigError, Problem, did_you_mean, shorten
 from mmtune.models import ModelConfig, build_model
 
-__all__ = ["TrainConfig", "TrialSpec", "Trial", "parse_trial_config", "TRIAL_SECTIONS", "resolve_device"]
+__all__ = ["TrainConfig", "TrialSpec", "Trial", "parse_trial_config", "preflight", "memory_of_machine", "TRIAL_SECTIONS",
+           "resolve_device", "reserve_holdout"]
 
 TRIAL_SECTIONS = ("method", "label", "seed", "dataset", "model", "train", "params")
 # Metrics that measure the machine, not the model: excluded from reproducibility comparisons.
@@ -98,8 +106,8 @@ def parse_trial_config(config: Mapping[str, Any], *, method: str | None = None) 
             )
     method = method or config.get("method", "joint")
     seed = config.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        problems.append(Problem("seed", f"must be a non-negative integer, got {seed!r}."))
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        problems.append(Problem("seed", f"must be a non-negative integer below 2**63 - 2**20, got {shorten(seed, 30)}."))
 
     def section(build: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -110,7 +118,7 @@ def parse_trial_config(config: Mapping[str, Any], *, method: str | None = None) 
 
     label = config.get("label")
     if label is not None and (not isinstance(label, str) or not label):
-        problems.append(Problem("label", f"must be a non-empty string naming the variant, got {label!r}."))
+        problems.append(Problem("label", f"must be a non-empty string naming the variant, got {shorten(label)}."))
     method_cls = section(get_method, method)
     params = section(from_dict, method_cls.Config, config.get("params"), path="params") if method_cls else None
     dataset = section(dataset_config, config.get("dataset"))
@@ -121,12 +129,120 @@ def parse_trial_config(config: Mapping[str, Any], *, method: str | None = None) 
     return TrialSpec(method_cls.name, params, dataset, model, train, seed, label or method_cls.name)
 
 
+def preflight(spec: TrialSpec, *, memory: int | None) -> list[Problem]:
+    """What building the trial would refuse, found without building it (nothing is allocated or read):
+    a modality the method or the model names that the dataset lacks, a weights path that does not
+    exist, and a synthetic dataset (with an MLP model) larger than ``memory`` bytes (None: unchecked).
+    Real datasets' modalities and sizes are known only from their files; they are checked when built.
+    """
+    problems: list[Problem] = []
+    modalities = getattr(spec.dataset, "modalities", None)  # the synthetic set declares them
+    if modalities is not None:
+        try:
+            modalities = get_method(spec.method).select_modalities(spec.params, list(modalities))
+        except ConfigError as err:
+            problems += err.problems
+            modalities = None
+    if modalities is not None:
+        unknown = sorted((set(spec.model.backbones) | set(spec.model.weights)) - set(modalities))
+        if unknown:
+            problems.append(Problem("model.backbones" if set(unknown) & set(spec.model.backbones) else "model.weights",
+                                    f"names modalities {unknown} that the dataset does not have ({list(modalities)})."))
+    for modality, path in spec.model.weights.items():
+        if not os.path.exists(os.path.expanduser(path)):
+            problems.append(Problem(f"model.weights.{modality}", f"no such weights file or folder: {shorten(path)}."))
+    need = _memory_needed(spec, modalities)
+    if need is not None and memory is not None and need[0] > memory:
+        problems.append(Problem("dataset", f"the trial would need about {_bytes(need[0])} ({need[1]}), more than the "
+                                           f"{_bytes(memory)} of memory here. Lower dataset.n_train/n_val/n_test, "
+                                           "dataset.dim or model.hidden_dim."))
+    return problems
+
+
+def memory_of_machine(*, available: bool) -> int | None:
+    """Bytes of memory this machine has available now (``available``) or in all; None if unknown."""
+    if available:
+        try:
+            with open("/proc/meminfo") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES" if available else "SC_PHYS_PAGES")
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _memory_needed(spec: TrialSpec, modalities: list[str] | None) -> tuple[int, str] | None:
+    """(bytes, how they add up) of a synthetic dataset's tensors and an MLP model's weights, gradients
+    and optimizer state, in float32; None for other datasets."""
+    from mmtune.data.synthetic import SyntheticConfig
+
+    cfg = spec.dataset
+    if not isinstance(cfg, SyntheticConfig):
+        return None
+    n = cfg.n_train + cfg.n_val + cfg.n_test
+    sizes = {m: math.prod(cfg.input_shape(m)) for m in cfg.modalities}
+    clusters = getattr(cfg, "clusters_of", lambda m: cfg.clusters)
+    # Inputs (twice while drawing: the signal and its noise), each modality's decoder (twice: its QR) and class codes.
+    data = 4 * sum(2 * n * d + 2 * d * cfg.latent_dim + cfg.num_classes * clusters(m) * cfg.latent_dim for m, d in sizes.items())
+    h, layers = spec.model.hidden_dim, spec.model.num_layers
+    weights = sum(sizes[m] * h + (layers - 1) * h * h for m in (modalities or cfg.modalities)
+                  if spec.model.backbone_for(m) == "mlp" and cfg.shape == "flat")
+    model = 4 * 3 * weights  # weights, gradients, optimizer state
+    how = f"{n:,} samples × {sum(sizes.values()):,} input values × 4 bytes for the data"
+    return data + model, how + (f", {_bytes(model)} for the MLP" if model else "")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError([Problem("train.device", "is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")])
     return torch.device(name)
+
+
+# The generator a method's train_indices draws from: seeded from the trial's seed alone (offset below
+# 2**20, so that every valid seed stays a valid generator seed).
+HOLDOUT_SEED_OFFSET = 524_287
+
+
+def reserve_holdout(split: TensorSplit, method: BalancingMethod,
+                    seed: int) -> tuple[TensorSplit, TensorSplit | None, Tensor | None]:
+    """The samples the loop trains on, the samples ``method.train_indices`` reserved (None: none), and
+    the sorted indices of the first in ``split`` (None: the whole split, returned as is)."""
+    n = len(split)
+    kept = method.train_indices(n, torch.Generator().manual_seed(seed + HOLDOUT_SEED_OFFSET))
+    if kept is None:
+        return split, None, None
+    kept = torch.as_tensor(kept).detach().cpu()
+    where = f"method '{method.name}': train_indices({n}, ...)"
+    if kept.dim() != 1 or kept.dtype.is_floating_point or kept.dtype.is_complex or kept.dtype == torch.bool:
+        raise ValueError(f"{where} must return a 1-D integer tensor of indices, got {tuple(kept.shape)} {kept.dtype}")
+    kept = kept.long().sort().values
+    if len(kept) == 0 or kept[0] < 0 or kept[-1] >= n or bool((kept[1:] == kept[:-1]).any()):
+        raise ValueError(f"{where} must return distinct indices in [0, {n}), at least one; got {len(kept)} indices "
+                         f"in [{int(kept.min()) if len(kept) else '-'}, {int(kept.max()) if len(kept) else '-'}]")
+    reserved = torch.ones(n, dtype=torch.bool)
+    reserved[kept] = False
+    held = reserved.nonzero().squeeze(1)
+
+    def take(index: Tensor) -> TensorSplit:
+        index = index.to(split.labels.device)
+        return TensorSplit({m: x.index_select(0, index) for m, x in split.inputs.items()}, split.labels.index_select(0, index))
+
+    return take(kept), (take(held) if len(held) else None), kept
 
 
 class Trial:
@@ -144,6 +260,8 @@ class Trial:
         self.model.to(self.device)
         self.method = method_cls(spec.params, modalities=modalities, num_classes=self.data.num_classes, device=self.device)
         self.method.bind(self.model)
+        # What the loop trains on: the training split less what the method reserves (train_indices).
+        self.train_split, self.holdout_split, self.train_index = reserve_holdout(self.data.train, self.method, spec.seed)
         self.stages = self.method.stages(spec.train.epochs)
         check_stages(self.stages, spec.train.epochs, spec.method)
         self._build_optimizer()
@@ -183,13 +301,13 @@ class Trial:
             epoch=self.epoch, step=0, global_step=self.global_step,
             modulating=self.method.in_window(self.epoch),
             generator=self.method_generator, device=self.device,
-            model=self.model, optimizer=self.optimizer, train=self.data.train, batch_size=t.batch_size,
-            stage=stage, stage_epoch=stage_epoch,
+            model=self.model, optimizer=self.optimizer, train=self.train_split, batch_size=t.batch_size,
+            stage=stage, stage_epoch=stage_epoch, holdout=self.holdout_split,
         )
         start = time.perf_counter()
         self.method.begin_epoch(ctx)
         stats = train_epoch(
-            self.model, self.data.train, self.method, self.optimizer, ctx,
+            self.model, self.train_split, self.method, self.optimizer, ctx,
             batch_size=t.batch_size, data_generator=self.data_generator, grad_clip=t.grad_clip,
         )
         self.global_step = ctx.global_step

@@ -48,18 +48,24 @@ def build_model(cfg: ModelConfig, *, input_shapes: dict[str, tuple[int, ...]], n
         raise ConfigError(
             [Problem("model.backbones", f"names modalities {unknown} that the dataset does not have ({list(input_shapes)}).")]
         )
-    encoders = {
-        m: build_encoder(
-            cfg.backbone_for(m),
-            input_shape=tuple(shape),
-            hidden_dim=cfg.hidden_dim,
-            num_layers=cfg.num_layers,
-            weights=cfg.weights.get(m),
-        )
-        for m, shape in input_shapes.items()
-    }
+    encoders = {}
+    for m, shape in input_shapes.items():
+        try:
+            encoders[m] = build_encoder(cfg.backbone_for(m), input_shape=tuple(shape), hidden_dim=cfg.hidden_dim,
+                                        num_layers=cfg.num_layers, weights=cfg.weights.get(m))
+        except ConfigError as err:  # the encoder names its argument; the user wrote a model.* key
+            raise ConfigError([Problem(_model_key(p.path, m, cfg), p.message) for p in err.problems]) from None
     fusion = build_fusion(cfg.fusion, feature_dims={m: e.out_dim for m, e in encoders.items()}, num_classes=num_classes)
     return MultimodalModel(encoders, fusion, num_classes)
+
+
+def _model_key(argument: str, modality: str, cfg: ModelConfig) -> str:
+    """The model.* key behind an encoder argument's problem (``weights`` → ``model.weights.audio``)."""
+    if argument == "weights":
+        return f"model.weights.{modality}"
+    if argument == "input_shape":
+        return f"model.backbones.{modality}" if modality in cfg.backbones else "model.backbone"
+    return f"model.{argument}" if argument else f"model.backbones.{modality}"
 
 
 def count_parameters(model: torch.nn.Module) -> int:

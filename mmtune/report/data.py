@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 
-from mmtune.errors import ConfigError, Problem, did_you_mean
+from mmtune.errors import ConfigError, Problem, StorageError, did_you_mean
 from mmtune.store.reader import list_sweeps, open_storage, read_epochs, read_trials
 from mmtune.store.schema import (
     EPOCHS_FILE,
@@ -108,13 +108,39 @@ def resolve_sweep(sweep: str | os.PathLike[str], storage: str) -> str:
                                      f"`mmtune ls --storage DIR` lists them) or a sweep name with --storage DIR.{listing}"))
 
 
+# The spec.json keys the report reads, and the JSON types each must have (None allowed).
+_META_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "spec": (dict,), "axes": (list,), "metric": (str,),
+                                            "mode": (str,), "algorithm": (str,), "num_trials": (int,)}
+
+
 def _read_spec_json(path: str) -> dict[str, Any] | None:
+    """The sweep's ``spec.json`` (None when it has none); a damaged one is a StorageError naming it."""
     fs, base = open_storage(path)
     file = f"{base.rstrip('/')}/{SPEC_FILE}"
     if fs.get_file_info(file).type != pafs.FileType.File:
         return None
+    shown = f"{path.rstrip('/')}/{SPEC_FILE}"
+    fix = (f"Restore it from a backup, or move it away: the report then infers the variants from the trials "
+           f"table (`mv {shown} {shown}.bad`).")
     with fs.open_input_stream(file) as f:
-        return json.loads(f.read().decode())
+        raw = f.read()
+    try:
+        meta = json.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StorageError(Problem(shown, f"is not valid JSON ({err}). {fix}")) from None
+    if not isinstance(meta, dict):
+        raise StorageError(Problem(shown, f"must hold a JSON object (the sweep's spec and run metadata), not a "
+                                   f"{type(meta).__name__}. {fix}"))
+    problems = [Problem(f"{shown}: {key}", f"must be {' or '.join(t.__name__ for t in types)}, not "
+                        f"{type(meta[key]).__name__} ({meta[key]!r:.60}).")
+                for key, types in _META_TYPES.items()
+                if meta.get(key) is not None and (not isinstance(meta[key], types) or isinstance(meta[key], bool))]
+    axes = meta.get("axes")
+    if isinstance(axes, list) and not all(isinstance(a, str) for a in axes):
+        problems.append(Problem(f"{shown}: axes", f"must list dotted keys (strings), got {axes!r:.60}."))
+    if problems:
+        raise StorageError([*problems, Problem(shown, fix)])
+    return meta
 
 
 def load_sweep(sweep: str | os.PathLike[str], *, storage: str = "runs") -> SweepData:
@@ -126,6 +152,8 @@ def load_sweep(sweep: str | os.PathLike[str], *, storage: str = "runs") -> Sweep
         raise ConfigError(Problem(f"{path}/{TRIALS_FILE}", "missing: this sweep has not recorded a single trial yet "
                                   "(was it started? is it still setting up?). Run it with `mmtune sweep SPEC`, or continue "
                                   f"it with `mmtune resume {path}`.")) from None
+    except ConfigError:  # damaged (StorageError): it names the file and the way back
+        raise
     except ValueError as err:  # not an mmtune table / newer schema
         raise ConfigError(Problem(f"{path}/{TRIALS_FILE}", str(err))) from None
     if trials_table.num_rows == 0:
@@ -139,6 +167,8 @@ def load_sweep(sweep: str | os.PathLike[str], *, storage: str = "runs") -> Sweep
         epochs = pd.DataFrame({"sweep": pd.Series(dtype=object), "trial_id": pd.Series(dtype=object),
                                "epoch": pd.Series(dtype="int64")})
         notes.append(f"{path}/{EPOCHS_FILE} is missing: no trial reported an epoch; only the trials table is shown.")
+    except ConfigError:
+        raise
     except ValueError as err:
         raise ConfigError(Problem(f"{path}/{EPOCHS_FILE}", str(err))) from None
     trials = trials_table.to_pandas()

@@ -39,6 +39,7 @@ from mmtune.report.tables import (
     Cell,
     Table,
     ablation_table,
+    headroom_table,
     find_baselines,
     format_summary,
     metric_name,
@@ -339,6 +340,21 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
 
     # -- significance
     lines += _baseline_section(variants, axes, baseline, baseline is not None, paper_protocol, data, column)
+
+    # -- headroom (synthetic data: the Bayes limit; joint and ume: the gap balancing can recover)
+    limits = {c: float(data.epochs[c].dropna().iloc[0]) for c in data.epochs.columns
+              if c.startswith("bayes_acc") and not data.epochs[c].dropna().empty}
+    if limits:
+        per_mod = ", ".join(f"{k.split('/')[1]} alone {v:.3f}" for k, v in limits.items() if "/" in k)
+        lines += [f"**Bayes limit** of the generative model (its exact posterior, Monte Carlo over 10⁵ draws): "
+                  f"joint {limits.get('bayes_acc', float('nan')):.3f}" + (f"; {per_mod}" if per_mod else "") + ".", ""]
+    headroom = headroom_table(variants, axes, limits)
+    if headroom is not None:
+        lines += ["## Headroom", "",
+                  "The uni-modal ensemble (`ume`: each modality trained alone, logits summed) is what training the "
+                  "modalities apart gets; its gain over `joint` is the accuracy a balancing method can plausibly "
+                  "recover, the Bayes limit the ceiling. Test accuracy at the best-validation epoch, mean over "
+                  "finished seeds.", "", render_markdown_table(headroom), "", provenance, ""]
 
     # -- per modality
     available = [c for c in outcomes.columns if "/" in c]

@@ -24,7 +24,7 @@ from mmtune.report.data import (
 from mmtune.report.stats import PairedDifference, Summary, paired_t_interval, summarize
 from mmtune.store.schema import STOPPED_EARLY, TERMINATED
 
-__all__ = [
+__all__ = ["headroom_table", 
     "Cell", "Table", "DIGITS", "METRIC_NAMES", "metric_name", "ablation_table", "significance_table",
     "modality_table", "format_summary", "find_baselines", "BaselineMatch",
 ]
@@ -235,3 +235,39 @@ def modality_table(variants: Sequence[Variant], axes: Sequence[str], mods: Seque
         done = v.finished()
         rows.append(_axis_cells(v, axes) + [Cell(summary=summarize(done[k].tolist())) for k, _ in keys])
     return Table(header=header, rows=rows, n_axes=len(_axis_header(axes)))
+
+
+def headroom_table(variants: Sequence[Variant], axes: Sequence[str], limits: dict[str, float], *,
+                   joint: str = "joint", ensemble: str = "ume") -> Table | None:
+    """How much of the accuracy that balancing can plausibly win each variant wins (issue 20).
+
+    The uni-modal ensemble (``ume``) is what independent training of each modality gets with no
+    joint training at all; ``joint − ensemble`` is the gap a balancing method can plausibly recover,
+    the generative model's Bayes limit the ceiling no method passes. Per variant: its test accuracy
+    at the best-validation epoch (finished seeds), and the fraction of the joint → ensemble gap it
+    recovers, (acc − joint) / (ensemble − joint) on the means. None without both a ``joint`` and a
+    ``ume`` variant.
+    """
+    def mean(variant: Variant) -> float | None:
+        values = variant.finished()["test_acc"].dropna().tolist() if "test_acc" in variant.trials.columns else []
+        return sum(values) / len(values) if values else None
+
+    by_label = {v.label: v for v in variants}
+    if joint not in by_label or ensemble not in by_label:
+        return None
+    base, top = mean(by_label[joint]), mean(by_label[ensemble])
+    if base is None or top is None:
+        return None
+    gap = top - base
+    header = [*_axis_header(axes), "test acc @ best val", "Δ vs joint", "fraction of the joint → ensemble gap recovered"]
+    rows = []
+    if "bayes_acc" in limits:
+        rows.append([*(Cell("Bayes limit" if i == 0 else "") for i in range(len(_axis_header(axes)))),
+                     Cell(f"{limits['bayes_acc']:.3f}"), Cell(f"{limits['bayes_acc'] - base:+.3f}"), Cell("(the ceiling)")])
+    for variant in variants:
+        acc = mean(variant)
+        if acc is None:
+            continue
+        recovered = "—" if variant.label == joint else ("gap ≤ 0" if gap <= 0 else f"{(acc - base) / gap:.2f}")
+        rows.append([*_axis_cells(variant, axes), Cell(f"{acc:.3f}"), Cell(f"{acc - base:+.3f}"), Cell(recovered)])
+    return Table(header=header, rows=rows, n_axes=len(_axis_header(axes)), notes=[])

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mmtune.store.faults import damaged_table, is_storage_error
 from mmtune.store.schema import (
     EPOCHS_FILE,
     ERROR,
@@ -29,7 +30,10 @@ from mmtune.store.schema import (
     schema_version,
 )
 
-__all__ = ["SweepSummary", "finished_counts", "open_storage", "read_epochs", "read_trials", "list_sweeps", "schema_version"]
+__all__ = [
+    "SweepSummary", "finished_counts", "open_storage", "read_epochs", "read_trials", "read_table_file", "list_sweeps",
+    "schema_version",
+]
 
 _HOW_TO_FIND = (
     "A sweep directory is <storage>/<sweep name>, holding epochs.parquet and trials.parquet; "
@@ -64,9 +68,21 @@ def _read(path_or_uri: str | os.PathLike[str], file_name: str, columns: list[str
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(f"no results table at {shown}. {_HOW_TO_FIND}")
-    table = pq.read_table(path, filesystem=fs, columns=columns)
+    table = read_table_file(fs, path, shown, columns=columns)
     check_schema_version(table, shown)
     return table
+
+
+def read_table_file(fs: pafs.FileSystem, path: str, shown: str, *, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file, whole (page checksums verified where the writer stored them). A file that
+    exists but cannot be read — bytes overwritten, truncated by a full disk — is a
+    :class:`~mmtune.errors.StorageError` naming it and the way back, not pyarrow's own error."""
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException, EOFError) as err:  # ArrowInvalid is a ValueError, the others OSErrors
+        raise damaged_table(shown, err) from None
 
 
 def read_epochs(path_or_uri: str | os.PathLike[str]) -> pa.Table:
@@ -82,18 +98,22 @@ def read_trials(path_or_uri: str | os.PathLike[str]) -> pa.Table:
 def finished_counts(path_or_uri: str | os.PathLike[str], *, errored_count_as_ended: bool = True) -> dict[str, int] | None:
     """Trials by status when every trial the sweep planned has ended, else None (something to resume).
 
-    Reads only ``spec.json`` and three columns of the trials table (no Ray, no torch), so `mmtune
-    resume` of a finished sweep answers at once."""
+    A trial that failed because the storage was full or read-only has not ended: it says nothing about
+    its configuration, and `mmtune resume` runs it again. Reads only ``spec.json`` and two columns of
+    the trials table (no Ray, no torch), so `mmtune resume` of a finished sweep answers at once."""
     import json
 
     fs, base = open_storage(path_or_uri)
     try:
         with fs.open_input_stream(_join(base, SPEC_FILE)) as f:
             planned = json.loads(f.read().decode()).get("num_trials")
-        table = _read(path_or_uri, TRIALS_FILE, columns=["status"])
+        table = _read(path_or_uri, TRIALS_FILE, columns=["status", "error"])
     except Exception:  # noqa: BLE001 - unreadable or missing: let the full resume path explain
         return None
-    counts = dict(Counter(table.column("status").to_pylist()))
+    statuses = table.column("status").to_pylist()
+    if any(s == ERROR and is_storage_error(e) for s, e in zip(statuses, table.column("error").to_pylist(), strict=True)):
+        return None
+    counts = dict(Counter(statuses))
     ended = {TERMINATED, STOPPED_EARLY} | ({ERROR} if errored_count_as_ended else set())
     if not counts or not isinstance(planned, int) or sum(counts.values()) < planned or not set(counts) <= ended:
         return None

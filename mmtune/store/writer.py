@@ -11,10 +11,16 @@ Each flush rewrites ``<storage>/<sweep>/epochs.parquet`` and ``trials.parquet`` 
 table goes to a hidden temporary name in the same directory and is then moved over the old file,
 so a crash leaves the previous table intact, never a half-written one.
 
+A flush that fails during the sweep (a storage hiccup) is retried at the next one; it is logged once,
+with the folder and its free space, not at every flush. The last flush raises.
+
 Resuming: a writer created over an existing sweep directory loads both tables. Rows are keyed by
 (trial_id, epoch) and trial_id, so a trial restored from a checkpoint, which re-runs the epochs
 after that checkpoint, replaces their rows instead of duplicating them; rows of later epochs from
-the abandoned run are dropped with them, so each trial's rows describe one run.
+the abandoned run are dropped with them, so each trial's rows describe one run. Rows of trials that
+Tune does not know are orphans of a killed driver and are dropped, except the ``carried`` trials:
+finished trials of an earlier Tune experiment, kept when `mmtune resume` had to start a new one
+(its experiment state was damaged) for the trials that had not finished.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -35,7 +41,8 @@ import pyarrow.parquet as pq
 from ray import tune
 from ray.tune import result as ray_result
 
-from mmtune.store.reader import open_storage
+from mmtune.store.faults import free_space, is_storage_error
+from mmtune.store.reader import open_storage, read_table_file
 from mmtune.store.schema import (
     EPOCHS,
     ENDED_STATUSES,
@@ -208,7 +215,7 @@ class ResultsWriter(tune.Callback):
     # the next one waits d / flush_share (a few milliseconds on small sweeps).
     flush_share: float = 0.1
 
-    def __init__(self, storage: str, sweep: str, *, flush_interval_s: float = 10.0):
+    def __init__(self, storage: str, sweep: str, *, flush_interval_s: float = 10.0, carried: Iterable[str] = ()):
         if not sweep or "/" in sweep or sweep in (".", ".."):
             raise ValueError(f"`sweep` must be a plain folder name, got {sweep!r}.")
         if not flush_interval_s >= 0:
@@ -216,6 +223,7 @@ class ResultsWriter(tune.Callback):
         self.storage = os.fspath(storage)
         self.sweep = sweep
         self.flush_interval_s = float(flush_interval_s)
+        self.carried = frozenset(carried)  # trial ids of an earlier Tune experiment whose rows stay
         fs, base = open_storage(self.storage)
         self._fs: pafs.FileSystem = fs
         self.directory = f"{base.rstrip('/')}/{sweep}"
@@ -236,15 +244,22 @@ class ResultsWriter(tune.Callback):
         self._epochs_dirty = self._trials_dirty = False
         self._last_flush = time.monotonic()
         self._flush_cost_s = 0.0
+        self._failing: str | None = None  # the failed flush already logged (logged once, not per flush)
+        # The first storage failure seen (a trial's checkpoint or a flush: no space, read-only), and who
+        # to tell: the sweep stops Tune then, since every later checkpoint would fail the same way.
+        self.storage_fault: str | None = None
+        self.on_storage_fault: Callable[[str], None] | None = None  # set by the sweep, never pickled
         self._load()
 
     # -- pickling: Tuner stores its RunConfig (callbacks included) for Tuner.restore ---------------
     def __getstate__(self) -> dict[str, Any]:
-        return {"storage": self.storage, "sweep": self.sweep, "flush_interval_s": self.flush_interval_s}
+        return {"storage": self.storage, "sweep": self.sweep, "flush_interval_s": self.flush_interval_s,
+                "carried": sorted(self.carried)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A restored writer re-reads what is on storage now, exactly like a new one.
-        self.__init__(state["storage"], state["sweep"], flush_interval_s=state["flush_interval_s"])
+        self.__init__(state["storage"], state["sweep"], flush_interval_s=state["flush_interval_s"],
+                      carried=state.get("carried", ()))
 
     @property
     def epochs_path(self) -> str:
@@ -301,7 +316,10 @@ class ResultsWriter(tune.Callback):
         if self._cut is not None and trial.trial_id in self._cut:  # its actor went down with the interruption
             self._end(trial.trial_id, INTERRUPTED, None)
         else:
-            self._end(trial.trial_id, ERROR, trial_error_text(trial))
+            error = trial_error_text(trial)
+            self._end(trial.trial_id, ERROR, error)
+            if is_storage_error(error):
+                self._storage_failed(error)
         self._maybe_flush(self._flush_gap_s())
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -311,12 +329,28 @@ class ResultsWriter(tune.Callback):
         self._fold(trial.trial_id)
         row.update(status=PENDING, error=trial_error_text(trial))
         self._trials_dirty = True
+        if is_storage_error(row["error"]):
+            self._storage_failed(row["error"])
+
+    def _storage_failed(self, error: str) -> None:
+        if self.storage_fault is None:
+            self.storage_fault = error
+            if self.on_storage_fault is not None:
+                self.on_storage_fault(error)
 
     def get_state(self) -> dict | None:
         # Tune calls this each time it snapshots the experiment (the snapshot `mmtune resume` restores
         # trials from). Flushing here keeps the tables at least as new as that snapshot, so a driver
         # killed at any moment loses no epoch: every later one is re-reported by the resumed trials.
         self._maybe_flush(0.0)
+        if self._failing is not None and is_storage_error(self._failing):
+            # The tables cannot be written (full or read-only storage): veto the snapshot. Tune writes it
+            # to its staging folder first and uploads it only if every callback's state was taken, so
+            # storage keeps the last snapshot the tables are as new as. A newer one would let a resume
+            # continue a trial from a checkpoint past the epochs the tables hold, or skip a trial whose
+            # last epochs never reached them.
+            raise OSError(f"not storing Ray Tune's experiment snapshot: the results tables in {self.directory} "
+                          f"are behind it ({self._failing})")
         return None
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -408,12 +442,14 @@ class ResultsWriter(tune.Callback):
             # its last experiment snapshot. The resumed sweep reruns their configs under new ids. An
             # orphan may have epochs and no trial row (the driver died between the two table writes
             # of one flush), so both tables are searched.
-            known = {trial.trial_id for trial in self._ray_trials}
+            known = {trial.trial_id for trial in self._ray_trials} | self.carried
             for tid in [tid for tid in {*self._rows, *self._flushed_max_epoch} if tid not in known]:
                 self._forget(tid)
         for trial in self._ray_trials:
             tid = trial.trial_id
             row = self._row(trial)
+            if not row.get("epochs_run") and tid not in self._latest:
+                self._latest_from_tune(trial)  # a row rebuilt after its table was lost: Tune's last result
             status = trial.status
             if tid in self._ended_here or (status == PENDING and tid in self._started_here):
                 continue  # our own verdict stands; Tune flips PENDING to RUNNING just after on_trial_start
@@ -426,6 +462,12 @@ class ResultsWriter(tune.Callback):
                 error = (row.get("error") or trial_error_text(trial)) if status == ERROR else None
                 row.update(status=status, error=error)
                 self._trials_dirty = True
+
+    def _latest_from_tune(self, trial: Any) -> None:
+        last = getattr(trial, "last_result", None)
+        if isinstance(last, Mapping) and last.get(ray_result.TRAINING_ITERATION):
+            epoch, metrics = result_metrics(last)
+            self._latest[trial.trial_id] = (epoch, metrics, last.get(ray_result.TIME_TOTAL_S))
 
     # -- flushing ----------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -444,7 +486,9 @@ class ResultsWriter(tune.Callback):
                 self._write_atomic(trials_table(list(self._rows.values()), self._types), TRIALS_FILE)
                 self._trials_dirty = False
         except Exception as err:
-            raise OSError(f"mmtune could not write the results tables to {self.directory}: {err}") from err
+            space = free_space(self.directory) if is_storage_error(err) else ""
+            raise OSError(f"mmtune could not write the results tables to {self.directory}: {err}"
+                          + (f" ({space})" if space else "")) from err
         finally:
             self._last_flush = time.monotonic()
             self._flush_cost_s = self._last_flush - start
@@ -461,7 +505,17 @@ class ResultsWriter(tune.Callback):
         try:
             self.flush()
         except OSError as err:
-            logger.warning("%s; will retry at the next flush.", err)
+            reason = str(err.__cause__ or err)
+            storage = is_storage_error(err)
+            if reason != self._failing and not (storage and self.on_storage_fault is not None):
+                logger.warning("%s; will retry at the next flush.", err)  # (else the sweep stops and says so)
+            self._failing = reason
+            if storage:
+                self._storage_failed(str(err))
+        else:
+            if self._failing is not None:
+                logger.warning("mmtune wrote the results tables to %s again.", self.directory)
+            self._failing = None
 
     def _absorb_new_epochs(self) -> None:
         rows = [
@@ -486,7 +540,7 @@ class ResultsWriter(tune.Callback):
         self._fs.create_dir(self.directory, recursive=True)
         try:
             with self._fs.open_output_stream(temp) as out:
-                pq.write_table(table, out, compression="zstd")
+                pq.write_table(table, out, compression="zstd", write_page_checksum=True)
             self._fs.move(temp, final)
         except BaseException:
             try:
@@ -500,7 +554,7 @@ class ResultsWriter(tune.Callback):
         path = f"{self.directory}/{file_name}"
         if self._fs.get_file_info(path).type != pafs.FileType.File:
             return None
-        table = pq.read_table(path, filesystem=self._fs)
+        table = read_table_file(self._fs, path, path)  # damaged: a StorageError that says how to recover
         check_schema_version(table, path)
         return table
 

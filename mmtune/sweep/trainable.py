@@ -21,12 +21,27 @@ import torch
 from ray import tune
 
 import mmtune.trainables  # noqa: F401  registers the built-in methods in this process (Ray workers too)
+from mmtune.data.synthetic import SyntheticConfig, bayes_metrics
 from mmtune.engine.threads import configure_threads, trial_threads
 from mmtune.engine.trial import Trial, parse_trial_config
 
-__all__ = ["BalancedTrainable", "CHECKPOINT_FILE"]
+__all__ = ["BalancedTrainable", "CHECKPOINT_FILE", "load_trial_state"]
 
 CHECKPOINT_FILE = "trial.pt"
+
+
+def load_trial_state(path: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A ``trial.pt`` written by ``save_checkpoint``: tensors, numbers, strings and containers of them
+    (:meth:`Trial.state_dict`), read with ``weights_only=True``, so a checkpoint in a sweep folder someone
+    else wrote cannot run code: a pickled object of any other type is refused, unexecuted."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} is not an mmtune checkpoint: it holds a pickled object beyond tensors and "
+                         f"plain values, which mmtune never writes; refusing to load it (unpickling it could run "
+                         f"code). {str(err).splitlines()[0]}") from None
 
 
 class BalancedTrainable(tune.Trainable):
@@ -40,6 +55,10 @@ class BalancedTrainable(tune.Trainable):
     def _build(self, config: dict[str, Any]) -> None:
         self.trial = Trial(parse_trial_config(config))
         self._last_checkpoint = time.monotonic()
+        # On the built-in synthetic set: the Bayes-optimal accuracy of its generative model, stored with
+        # every epoch so that reports can show how far the methods are from it (cached per model).
+        dataset = self.trial.spec.dataset
+        self._limits = bayes_metrics(dataset) if isinstance(dataset, SyntheticConfig) else {}
 
     def setup(self, config: dict[str, Any], checkpoint_every_s: float | None = None, cpus: float | None = None) -> None:
         if checkpoint_every_s is not None:  # given by the sweep through tune.with_parameters
@@ -49,7 +68,7 @@ class BalancedTrainable(tune.Trainable):
         self._build(config)
 
     def step(self) -> dict[str, float]:
-        metrics: dict[str, Any] = self.trial.step()
+        metrics: dict[str, Any] = {**self.trial.step(), **self._limits}
         if self.trial.epoch >= self.trial.spec.train.epochs:
             metrics["done"] = True
         now = time.monotonic()
@@ -66,7 +85,7 @@ class BalancedTrainable(tune.Trainable):
             state = checkpoint
         else:
             path = os.path.join(checkpoint, CHECKPOINT_FILE) if os.path.isdir(str(checkpoint)) else str(checkpoint)
-            state = torch.load(path, map_location=self.trial.device, weights_only=False)
+            state = load_trial_state(path, self.trial.device)
         self.trial.load_state_dict(state)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:

@@ -240,3 +240,55 @@ def test_prepare_then_run_ogm_from_the_cli(tmp_path, capsys):
     assert main(["run", "ogm", "dataset.name=cremad", f"dataset.root={root}", "dataset.workers=0",
                  f"dataset.image_size={SIZE}", "dataset.spectrogram=code", "model.backbone=resnet18",
                  "train.epochs=1", "train.batch_size=8"]) == 0
+
+
+# ----------------------------------------------------------------------------- a prepared cache follows its files
+
+
+def test_a_deleted_wav_prepares_again_without_it(tmp_path):
+    root = write_cremad(tmp_path / "cremad")
+    first = build_dataset(config(root), "cpu")
+    assert len(first.train) + len(first.val) + len(first.test) == 24
+    (root / "AudioWAV" / "1002_IEO_SAD_MD.wav").unlink()
+    again = build_dataset(config(root), "cpu")
+    _, keys = cached(again)
+    assert len(again.train) + len(again.val) + len(again.test) == 23
+    assert "1002_IEO_SAD_MD" not in keys["train"] + keys["val"] + keys["test"]
+
+
+def test_a_replaced_wav_prepares_again_and_its_new_audio_is_trained_on(tmp_path, caplog):
+    root = write_cremad(tmp_path / "cremad")
+    folder = prepare(config(root))
+    clip = (folder / "test" / "keys.txt").read_text().split()[0]
+    old = np.load(folder / "test" / "audio.npy")[0].astype(np.float32)
+    write_wav(root / "AudioWAV" / f"{clip}.wav", seed=99)  # another tone, the same length: same size
+    with caplog.at_level("WARNING"):
+        data = build_dataset(config(root), "cpu")
+    assert f"AudioWAV/{clip}.wav (changed)" in caplog.text and "preparing it again" in caplog.text
+    folder, keys = cached(data)
+    audio = np.load(folder / "test" / "audio.npy")[keys["test"].index(clip)].astype(np.float32)
+    expected = spectrogram(*read_wav(root / "AudioWAV" / f"{clip}.wav"), mode="paper", seconds=3.0)
+    np.testing.assert_allclose(audio, expected, atol=0.02)
+    assert not np.allclose(audio, old, atol=0.02)
+
+
+def test_with_split_files_a_deleted_wav_is_named_not_served_from_the_cache(tmp_path):
+    root = write_cremad(tmp_path / "cremad", csv="ogm")
+    prepare(config(root))
+    (root / "AudioWAV" / "1001_DFA_ANG_XX.wav").unlink()
+    with pytest.raises(ConfigError, match="(?s)1 missing file.*AudioWAV/1001_DFA_ANG_XX.wav  \\(missing\\)"):
+        build_dataset(config(root), "cpu")
+
+
+def test_a_frame_added_to_a_clip_prepares_again_and_an_unchanged_root_does_not(tmp_path):
+    from mmtune.data.real import cache_changes
+
+    root = write_cremad(tmp_path / "cremad", csv="ogm")
+    cfg = config(root)
+    folder = prepare(cfg)
+    built = (folder / "meta.json").stat().st_mtime_ns
+    assert prepare(cfg) == folder and (folder / "meta.json").stat().st_mtime_ns == built  # reused as is
+    write_jpg(root / "Image-01-FPS" / "1001_DFA_ANG_XX" / "00120.jpg", value=200)
+    assert cache_changes(cfg, folder) == ["Image-01-FPS/1001_DFA_ANG_XX/00120.jpg (new)"]
+    assert prepare(cfg) == folder and (folder / "meta.json").stat().st_mtime_ns != built
+    assert cache_changes(cfg, folder) == []

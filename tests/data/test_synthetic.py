@@ -197,3 +197,226 @@ def test_select_keeps_only_video() -> None:
         assert torch.equal(split.labels, data.split(name).labels)
     # the original is untouched
     assert set(data.train.inputs) == {"audio", "video"}
+
+
+# ----------------------------------------------------------------------------- presets (issue 20)
+
+from mmtune.config import from_dict, to_dict  # noqa: E402
+from mmtune.data import dataset_config  # noqa: E402
+from mmtune.data.synthetic import PRESETS, V1, _decoder, _latent_model, bayes_accuracy  # noqa: E402
+
+
+def _v1_splits(cfg: SyntheticConfig) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """The generator as it was when issue 20 was filed, verbatim: the reference for bit-identity."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    centers, decoders, signals = {}, {}, {}
+    for m in cfg.modalities:
+        c = torch.randn(cfg.num_classes, cfg.clusters, cfg.latent_dim, generator=g)
+        centers[m] = c / c.norm(dim=-1, keepdim=True)
+        decoders[m] = _decoder(cfg, m, g)
+        signals[m] = cfg.signal * (cfg.dominance if m == cfg.dominant else 1.0)
+    out = []
+    for n in (cfg.n_train, cfg.n_val, cfg.n_test):
+        labels = torch.arange(n) % cfg.num_classes
+        labels = labels[torch.randperm(n, generator=g)]
+        inputs = {}
+        for m in cfg.modalities:
+            k = torch.randint(cfg.clusters, (n,), generator=g)
+            x = (signals[m] * centers[m][labels, k]) @ decoders[m]
+            x = x + cfg.noise * torch.randn(x.shape, generator=g)
+            inputs[m] = x.reshape(n, *cfg.input_shape(m))
+        out.append((labels, inputs))
+    return out
+
+
+@pytest.mark.parametrize("extra", [{}, {"shape": "shaped", "image_size": 8}, {"modalities": ("audio", "video", "text"), "seed": 5}])
+def test_new_fields_off_draw_v1_bit_for_bit(extra: dict) -> None:
+    cfg = SyntheticConfig(**SMALL, **extra, antipodal=())  # the default's ± pairs off: v1's generator
+    data = make_synthetic(cfg)
+    for name, (labels, inputs) in zip(SPLITS, _v1_splits(cfg)):
+        split = data.split(name)
+        assert torch.equal(split.labels, labels)
+        for m in cfg.modalities:
+            assert torch.equal(split.inputs[m], inputs[m]), (name, m)
+
+
+def test_the_default_is_antipodal_3k_bit_for_bit_and_v1_the_old_default() -> None:
+    """Since issue 20 the plain defaults are antipodal-3k's; v1 keeps the defaults before it (its published
+    numbers: tests/golden pins them, every synthetic golden variant runs on preset v1)."""
+    new = dataset_config({"preset": "antipodal-3k"})
+    plain = SyntheticConfig()
+    assert {k: v for k, v in to_dict(new).items() if k != "preset"} == {k: v for k, v in to_dict(plain).items() if k != "preset"} | {"antipodal": ["video"]}
+    assert plain.antipodal is None and plain.antipodal_modalities == ("video",)
+    a, b = make_synthetic(new), make_synthetic(plain)
+    for name in SPLITS:
+        assert torch.equal(a.split(name).labels, b.split(name).labels)
+        for m in plain.modalities:
+            assert torch.equal(a.split(name).inputs[m], b.split(name).inputs[m])
+    v1 = dataset_config({"preset": "v1"})
+    assert (v1.n_train, v1.signal, v1.dominance, v1.antipodal_modalities) == (2000, 2.0, 1.5, ())
+
+
+def test_null_antipodal_skips_odd_cluster_counts_and_names_the_rest() -> None:
+    assert SyntheticConfig(clusters=1).antipodal_modalities == ()
+    three = dataset_config({"modalities": ["audio", "video", "text"], "modality_clusters": {"text": 3}})
+    assert three.antipodal_modalities == ("video",)
+    with pytest.raises(ConfigError, match="antipodal"):
+        dataset_config({"clusters": 3, "antipodal": ["video"]})
+
+
+def test_v1_lists_every_generator_field() -> None:
+    """A preset fills every field but name, preset and seed, so no preset depends on the defaults."""
+    fields = set(to_dict(SyntheticConfig())) - {"name", "preset", "seed"}
+    assert set(V1) == fields
+    assert all(set(p.changes) <= fields for p in PRESETS.values())
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_fills_its_values(name: str) -> None:
+    cfg = dataset_config({"preset": name})
+    assert cfg.preset == name
+    expected = from_dict(SyntheticConfig, {**PRESETS[name].values, "preset": name})
+    assert cfg == expected
+    for key, value in PRESETS[name].changes.items():
+        assert to_dict(cfg)[key] == value
+    # What a trial stores (every field written out) parses back to the same record.
+    assert dataset_config(to_dict(cfg)) == cfg
+    assert SyntheticConfig.from_preset(name) == cfg
+
+
+def test_explicit_keys_win_over_the_preset() -> None:
+    cfg = dataset_config({"preset": "antipodal-3k", "n_train": 2000, "signal": 1.0, "seed": 4})
+    assert (cfg.n_train, cfg.signal, cfg.seed) == (2000, 1.0, 4)  # 2000 is the plain default: still given
+    assert cfg.antipodal == ("video",) and cfg.dominance == 1.2  # the rest from the preset
+    assert SyntheticConfig.from_preset("antipodal-3k", n_train=64).n_train == 64
+
+
+def test_preset_reaches_the_trial_config() -> None:
+    from mmtune.engine.trial import parse_trial_config
+
+    spec = parse_trial_config({"method": "joint", "dataset": {"preset": "antipodal", "n_test": 40}})
+    assert spec.dataset.antipodal == ("video",) and spec.dataset.n_test == 40
+    assert parse_trial_config(spec.to_config()).dataset == spec.dataset
+
+
+def test_unknown_preset_and_unapplied_preset_are_config_errors() -> None:
+    with pytest.raises(ConfigError) as err:
+        dataset_config({"preset": "antipodl"})
+    assert err.value.problems[0].path == "dataset.preset" and "Did you mean 'antipodal'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        SyntheticConfig(preset="antipodal")  # the dataclass cannot apply it; refused instead of ignored
+    assert "from_preset" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "path"),
+    [
+        ({"modality_noise": {"text": 0.5}}, "modality_noise"),
+        ({"modality_noise": {"audio": 0.0}}, "modality_noise.audio"),
+        ({"modality_clusters": {"video": 0}}, "modality_clusters.video"),
+        ({"class_codes": {"audio": 7}}, "class_codes.audio"),
+        ({"antipodal": ("video",), "clusters": 3}, "antipodal"),
+        ({"antipodal": ("video",), "modality_clusters": {"video": 1}}, "antipodal"),
+        ({"antipodal": ("text",)}, "antipodal"),
+    ],
+)
+def test_mechanism_validation(kwargs: dict, path: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        SyntheticConfig(**kwargs)
+    assert any(p.path == path for p in err.value.problems), err.value.problems
+
+
+def test_mechanisms_shape_the_latent_codes() -> None:
+    cfg = SyntheticConfig(**SMALL, antipodal=("video",), modality_clusters={"video": 4, "audio": 3},
+                          class_codes={"audio": 2}, modality_noise={"audio": 0.25}, modality_signal={"video": 0.5})
+    centers, signals = _latent_model(cfg)
+    assert centers["audio"].shape == (4, 3, 8) and centers["video"].shape == (4, 4, 8)
+    assert torch.equal(centers["video"][:, 1::2], -centers["video"][:, 0::2])  # ± pairs
+    assert torch.allclose(centers["video"].mean(1), torch.zeros(4, 8), atol=1e-7)  # every class mean is zero
+    assert torch.equal(centers["audio"][0], centers["audio"][2]) and torch.equal(centers["audio"][1], centers["audio"][3])
+    assert not torch.equal(centers["audio"][0], centers["audio"][1])
+    assert signals == {"audio": cfg.signal * cfg.dominance, "video": 0.5}
+    noisy = SyntheticConfig(**{**SMALL, "n_train": 4000}, modality_noise={"audio": 0.25})
+    data = make_synthetic(noisy)
+    for m, sigma in (("audio", 0.25), ("video", 1.0)):  # off the code's span x is noise of the modality's std
+        x = data.train.inputs[m].double()
+        q = _decoder(noisy, m, _replay_to(noisy, m)).double()
+        off = x - (x @ q.T) @ q
+        assert float(off.square().sum(1).mean() / (noisy.dim - noisy.latent_dim)) == pytest.approx(sigma**2, rel=0.05)
+
+
+def _replay_to(cfg: SyntheticConfig, modality: str) -> torch.Generator:
+    """A generator advanced to where make_synthetic draws ``modality``'s decoder."""
+    from mmtune.data.synthetic import _class_codes
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    for m in cfg.modalities:
+        _class_codes(cfg, m, g)
+        if m == modality:
+            return g
+        _decoder(cfg, m, g)
+    raise AssertionError(modality)
+
+
+# ----------------------------------------------------------------------------- Bayes limits of the mechanisms
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def test_bayes_closed_form_with_per_modality_noise_and_signal() -> None:
+    """Two single-cluster classes per modality: accuracy Φ(s_m·‖c0 − c1‖ / 2σ_m); the joint rule adds the
+    log-likelihood ratios, so the normalised distances add in quadrature."""
+    cfg = SyntheticConfig(num_classes=2, clusters=1, latent_dim=4, dim=8, modality_noise={"audio": 0.6, "video": 1.7},
+                          modality_signal={"video": 1.5}, signal=1.0)
+    centers, signals = _latent_model(cfg)
+    got = bayes_accuracy(cfg, samples=100_000)
+    d = {m: signals[m] * float((centers[m][0, 0] - centers[m][1, 0]).norm()) / cfg.noise_of(m) for m in cfg.modalities}
+    for m in cfg.modalities:
+        assert got[m] == pytest.approx(_phi(d[m] / 2), abs=0.006)  # 4 standard errors at 100 000 draws
+    assert got["joint"] == pytest.approx(_phi(math.hypot(*d.values()) / 2), abs=0.006)
+
+
+def test_bayes_of_shared_class_codes_is_codes_over_classes() -> None:
+    """With (almost) no noise a modality with G codes for C classes tells G groups apart and nothing
+    inside them: accuracy G/C (ties to the lowest class index); the other modality resolves the rest."""
+    cfg = SyntheticConfig(num_classes=6, class_codes={"audio": 2}, noise=1e-3, signal=1.0)
+    got = bayes_accuracy(cfg, samples=30_000)
+    assert got["audio"] == pytest.approx(2 / 6, abs=0.011)  # 4 standard errors
+    assert got["video"] == pytest.approx(1.0, abs=1e-3) and got["joint"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_bayes_of_antipodal_clusters_limits() -> None:
+    """Antipodal codes: class means are zero, yet the clusters are distinct, so the Bayes rule is
+    perfect without noise, and at chance with overwhelming noise."""
+    quiet = bayes_accuracy(SyntheticConfig(antipodal=("video",), noise=1e-3), samples=10_000)
+    assert quiet["video"] == pytest.approx(1.0, abs=1e-3)
+    loud = bayes_accuracy(SyntheticConfig(antipodal=("video",), noise=1e3), samples=30_000)
+    assert loud["video"] == pytest.approx(1 / 6, abs=0.009)  # 4 standard errors
+
+
+def test_bayes_matches_the_optimal_rule_on_drawn_data_for_every_mechanism() -> None:
+    """The posterior from the model, applied to a drawn test split projected on the decoders, scores the
+    Monte-Carlo Bayes accuracy within sampling error: generator and Bayes read the same model."""
+    from mmtune.data.synthetic import _log_likelihood, _model
+
+    cfg = SyntheticConfig(n_train=8, n_val=8, n_test=4000, antipodal=("video",), class_codes={"audio": 4},
+                          modality_clusters={"audio": 3}, modality_noise={"audio": 1.4}, signal=2.5)
+    data = make_synthetic(cfg)
+    model = _model(cfg, torch.Generator().manual_seed(cfg.seed))
+    joint = 0
+    for m in cfg.modalities:
+        z = data.test.inputs[m].double() @ model.decoders[m].double().T
+        joint = joint + _log_likelihood(z, model.signals[m] * model.centers[m].double(), model.noises[m])
+    measured = float((joint.argmax(1) == data.test.labels).double().mean())
+    expected = bayes_accuracy(cfg, samples=40_000)["joint"]
+    assert measured == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / cfg.n_test) + 0.003)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_joint_bayes_is_at_least_each_modality(name: str) -> None:
+    cfg = dataset_config({"preset": name})
+    got = bayes_accuracy(cfg, samples=20_000)
+    assert got["joint"] >= max(got[m] for m in cfg.modalities) - 0.005  # the same draws: MC noise only
+    assert all(1 / cfg.num_classes - 0.02 < got[m] <= 1.0 for m in cfg.modalities)

@@ -96,7 +96,10 @@ def _nested(method: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 def configs(cremad_root: Path | None) -> Iterator[tuple[str, dict[str, Any]]]:
     for name, (method, overrides) in VARIANTS.items():
-        yield name, _nested(method, overrides)
+        config = _nested(method, overrides)
+        # Recorded on the synthetic default of the time, which is the preset v1 since issue 20.
+        config.setdefault("dataset", {}).setdefault("preset", "v1")
+        yield name, config
     if cremad_root is not None:
         for name, (method, overrides) in CREMAD_VARIANTS.items():
             config = _nested(method, overrides)

@@ -472,3 +472,33 @@ def test_a_crafted_sweep_name_never_becomes_a_path(tmp_path, monkeypatch, name):
     with pytest.raises(ConfigError, match="not a plain file name"):
         write_report(str(folder))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_headroom_rows_show_the_bayes_limit_and_the_gap_recovered(tmp_path, monkeypatch):
+    """With `joint` and `ume` in a sweep on synthetic data: the Bayes limit and, per variant, the fraction
+    of the joint → ensemble gap it recovers (issue 20)."""
+    import pyarrow.parquet as pq
+
+    folder = make_golden(tmp_path / "runs")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    epochs = pq.read_table(folder / "epochs.parquet")
+    for column, value in (("bayes_acc", 0.95), ("bayes_acc/audio", 0.88), ("bayes_acc/video", 0.65)):
+        epochs = epochs.append_column(column, pa.array([value] * len(epochs)))
+    trials = pq.read_table(folder / "trials.parquet")
+    ume = pc.fill_null(pc.equal(trials["params.alpha"], 1.0), False)  # α = 1.0 plays the ensemble: 0.70, 0.81, 0.89
+    for column in ("label", "method"):
+        trials = trials.set_column(trials.schema.get_field_index(column), column,
+                                   pc.if_else(ume, pa.scalar("ume"), trials[column]))
+    pq.write_table(epochs, folder / "epochs.parquet")
+    pq.write_table(trials, folder / "trials.parquet")
+    monkeypatch.chdir(tmp_path)
+    text = write_report(str(folder), out=str(tmp_path / "r.md")).read_text()
+    assert "**Bayes limit** of the generative model" in text and "joint 0.950; audio alone 0.880, video alone 0.650" in text
+    header, rows = _table(text, "## Headroom")
+    cells = {tuple(r[:2]): r[2:] for r in rows}
+    assert cells[("Bayes limit", "")][:2] == ["0.950", "+0.250"]
+    assert cells[("joint", "—")] == ["0.700", "+0.000", "—"]
+    assert cells[("ume", "1.0")] == ["0.800", "+0.100", "1.00"]
+    assert cells[("ogm", "0.5")] == ["0.753", "+0.053", "0.53"]  # (0.7533 − 0.70) / (0.80 − 0.70)

@@ -359,7 +359,8 @@ def test_init_ray_says_that_it_starts_ray_before_it_does(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     assert tuner._init_ray(None, SimpleNamespace(gpu=0), console) is True
     ((address, printed_before),) = calls
-    assert address is None and re.fullmatch(r"starting Ray \(\d+ CPUs, \d+ GPUs\)…\n", printed_before)
+    # A new local Ray (never a `ray start` cluster found on the machine), listening on loopback only.
+    assert address == "local" and re.fullmatch(r"starting Ray \(\d+ CPUs, \d+ GPUs\)…\n", printed_before)
     assert tuner._init_ray("ray://head:10001", SimpleNamespace(gpu=0), console) is True
     assert calls[1] == ("ray://head:10001", out.getvalue()) and out.getvalue().endswith(
         "connecting to the Ray cluster at ray://head:10001…\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_every_problem_is_reported_at_once_with_paths_and_lines(tmp_path):
         "method[1] (line 3): unknown method 'ogmm'. Did you mean 'ogm'?",
         "train.lr.uniform (line 5): a uniform domain needs search.algorithm: optuna",
         "seeds (line 8): has duplicates [0, 0]",
-        "resources.cpu (line 11): must be a number >= 0, got -1.",
+        "resources.cpu (line 11): must be a number of CPUs per trial in (0, 1024], got -1.",
         "dataset.n_trian (line 4): unknown key. Did you mean 'n_train'?",
         "params.q_base (line 7): is not a hyperparameter of method 'joint'.",
         "params.q_base (line 7): is not a hyperparameter of method 'ogm' (variant 'ge').",
@@ -94,7 +95,7 @@ def test_every_problem_is_reported_at_once_with_paths_and_lines(tmp_path):
         ("name: x\nmethod: joint\nscheduler: {asha: {metric: val_map}}\n", "ASHA stops on the sweep's metric"),
         ("name: x\nmethod: joint\nresources: {gpus: 1}\n", "resources.gpus (line 3): unknown key. Did you mean 'gpu'?"),
         ("name: x\nmethod: joint\nresources: {gpu: 1.5}\n", "a fraction (<= 1) or a whole number of GPUs"),
-        ("name: x\nmethod: joint\nseeds: 0\n", "seeds (line 3): a count must be >= 1"),
+        ("name: x\nmethod: joint\nseeds: 0\n", "seeds (line 3): a count must be in [1, 1,000], got 0."),
         ("name: x\nmethod: joint\nseeds: [0, -1]\n", "seeds[1] (line 3): must be a non-negative integer"),
         ("name: x\nmethod: joint\nmax_concurrent: 0\n", "max_concurrent (line 3): must be an integer >= 1"),
         ("name: x\nmethod: [joint, joint]\n", "two variants are named 'joint'"),
@@ -133,6 +134,143 @@ def test_shipped_specs_cover_the_papers_ablations():
     names = {p.stem for p in SHIPPED}
     assert {"quickstart", "amss_tau", "amss_sampling", "amss_scope", "opm_ogm_sensitivity", "opm_plus_ogm",
             "fusion_method", "aim_ablation", "aim_label", "aim_start_epoch", "optuna_ogm_ge"} <= names
+
+
+# ------------------------------------------------------------------ nothing escapes validation
+BASE = "name: x\nmethod: ogm\ntrain: {epochs: 3}\n"
+BOMB = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 10)}]\n" for p, k in zip("abcdefgh", "bcdefghi"))
+
+
+def problems_of_bytes(tmp_path: Path, raw: bytes) -> list[str]:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(raw)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        load_spec(path)
+    assert time.perf_counter() - start < 5  # refused before anything grows with the input
+    return [str(p).replace(f"{path}: ", "") for p in err.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (BASE.encode() + b"description: caf\xe9\n",
+         "is not UTF-8 text: byte 0xe9 at offset 55 (line 4, byte 17 of the line) cannot be decoded. Save the file as UTF-8."),
+        (BASE.encode() + b"description: a\x00b\n", "YAML cannot read the character U+0000 (line 4)"),
+        (f"{BASE}params: {{alpha: {'[' * 3000}{']' * 3000}}}\n".encode(), "nests more than 32 levels deep (line 4)"),
+        (f"{BASE}x: &a [a, a, a, a, a, a, a, a, a, a]\n{BOMB}".encode(),
+         "holds 1,234,567,917 values with its aliases expanded (*a (line 5), *b (line 6), *c (line 7), …); "
+         "a sweep spec is a few dozen lines, at most 10,000 values are allowed"),
+        (f"{BASE}x: &r {{a: *r}}\n".encode(), "the value at line 4 contains itself through an alias"),
+        (f"{BASE}description: 2024-01-01\n".encode(), "'2024-01-01' (line 4) reads as a date"),
+        (f"{BASE}description: !!python/object:os.system x\n".encode(), "tag:yaml.org,2002:python/object:os.system' (line 4) is not supported"),
+        (f"{BASE}max_failures: !!int abc\n".encode(), "'abc' (line 4) is not a valid !!int"),
+        (f"{BASE}params: {{alpha: {{grid: [0.5], 1: 2}}}}\n".encode(), "params.alpha.1 (line 4): a key must be text, got int 1"),
+        (f"{BASE}dataset: {{name: {{a: 1}}}}\n".encode(), "dataset.name (line 4): must be a dataset name such as 'synthetic'"),
+        (f"{BASE}seeds: 1000000000\n".encode(), "seeds (line 4): a count must be in [1, 1,000], got 1000000000."),
+        (f"{BASE}seeds: {10**30}\n".encode(), "seeds (line 4): must fit in a 64-bit integer (|x| < 2**63)"),
+        (f"{BASE}seeds: [{2**64}]\n".encode(), "seeds[0] (line 4): must fit in a 64-bit integer"),
+        (f"{BASE}seeds: [{2**63 - 1}]\n".encode(), "seeds[0] (line 4): must be a non-negative integer below 2**63 - 2**20"),
+        (f"{BASE}search: {{algorithm: optuna}}\nparams: {{start_epoch: {{int: [1, {10**20}]}}}}\n".encode(),
+         "params.start_epoch.int[1] (line 5): must fit in a 64-bit integer"),
+        (f"{BASE}params: {{alpha: 0.5}}\nparams: {{alpha: 0.9}}\n".encode(),
+         "params: is given twice (lines 4 and 5); YAML would silently keep only the last. Remove one."),
+        (f"{BASE}resources: {{cpu: .nan}}\n".encode(), "resources.cpu (line 4): must be a finite number, got nan."),
+        (f"{BASE}resources: {{cpu: 0}}\n".encode(), "resources.cpu (line 4): must be a number of CPUs per trial in (0, 1024], got 0."),
+        (f"{BASE}resources: {{gpu: .inf}}\n".encode(), "resources.gpu (line 4): must be a finite number, got inf."),
+        (f"{BASE}scheduler: {{asha: {{reduction_factor: .nan}}}}\n".encode(),
+         "scheduler.asha.reduction_factor (line 4): must be a finite number, got nan."),
+        (f"{BASE}scheduler: {{asha: {{grace_period: {2**64}}}}}\n".encode(), "scheduler.asha.grace_period (line 4): must fit in a 64-bit"),
+        (f"{BASE}checkpoint_every_s: .nan\n".encode(), "checkpoint_every_s (line 4): must be a finite number, got nan."),
+        (f"{BASE}search: {{metric: val_nonexistent}}\n".encode(),
+         "search.metric (line 4): 'val_nonexistent' is not reported by the trials of ogm. They report best_val_acc, "
+         "best_val_macro_f1, best_val_map, val_acc, val_acc/audio, val_acc/video, val_macro_f1, val_map."),
+        (f"{BASE}search: {{metric: val_probe/audio}}\n".encode(), "'val_probe/audio' is not reported by the trials of ogm"),
+        (f"{BASE}search: {{seed: {2**32}}}\n".encode(), "search.seed (line 4): must be an integer in [0, 4,294,967,295]"),
+        (BASE.replace("{epochs: 3}", "{epochs: 3, lr: 1e-3}").encode(),
+         "train.lr (line 3): expected float, got '1e-3' (str). YAML reads '1e-3' as text; write 1.0e-3 for the number."),
+        (BASE.replace("{epochs: 3}", "{epochs: 3, lr: .nan}").encode(), "train.lr (line 3): must be a finite number, got nan."),
+        (BASE.replace("{epochs: 3}", f"{{epochs: 3, batch_size: {2**63}}}").encode(), "train.batch_size (line 3): must fit in a 64-bit"),
+        (BASE.replace("{epochs: 3}", f"{{epochs: 3, lr: {10**400}}}").encode(), "train.lr (line 3): must fit in a 64-bit integer"),
+        (BASE.replace("{epochs: 3}", "{epochs: {grid: [3, 4]}}").encode(), "train.epochs (line 3): must be one number for the whole sweep"),
+        (f"{BASE}model: {{weights: {{audio: /nonexistent.pt}}}}\n".encode(),
+         "model.weights.audio (line 4): no such weights file or folder: '/nonexistent.pt'."),
+        (f"{BASE}dataset: {{n_train: 100000000000000}}\n".encode(), "dataset (line 4): the trial would need about 102.4 PB"),
+        (f"{BASE}params: {{modality: text}}\n".replace("ogm", "unimodal").encode(),
+         "params.modality (line 4): 'text' is not a modality of this dataset: ['audio', 'video']."),
+        (f"{BASE}method: amss\nparams: {{fixed_p: {{audio: .nan}}}}\n".replace("method: ogm\n", "").encode(),
+         "params.fixed_p.audio (line 4): must be a finite number, got nan."),
+    ],
+    ids=["byte-e9", "nul", "3000-brackets", "alias-bomb", "recursive-alias", "date", "python-tag", "bad-int-tag", "int-key",
+         "dataset-name-mapping", "seeds-1e9", "seeds-1e30", "seed-2**64", "seed-near-2**63", "int-domain-1e20", "duplicate-key",
+         "cpu-nan", "cpu-0", "gpu-inf", "reduction-factor-nan", "grace-period-2**64", "checkpoint-nan", "unknown-metric",
+         "probe-metric-without-probe", "search-seed-2**32", "lr-1e-3", "lr-nan", "batch-size-2**63", "lr-10**400",
+         "epochs-grid", "missing-weights", "n-train-1e14", "unimodal-modality", "fixed-p-nan"],
+)
+def test_what_would_fail_later_is_refused_by_validation(tmp_path, raw, expected):
+    got = problems_of_bytes(tmp_path, raw)
+    assert any(expected in p for p in got), (expected, got)
+
+
+def test_sizes_are_counted_before_anything_expands(tmp_path):
+    values = ", ".join(f"0.{i:02d}" for i in range(1, 31))
+    axes = ", ".join(f"{k}: {{grid: [{values}]}}" for k in ("alpha", "gamma", "beta", "eta", "delta"))
+    spec = f"name: x\nmethod: joint\nparams: {{{axes}}}\nseeds: 30\n"
+    got = problems_of_bytes(tmp_path, spec.encode())
+    assert got == ["the sweep would run 729,000,000 trials (24,300,000 configurations (params.alpha 30 × params.gamma 30 × "
+                   "params.beta 30 × params.eta 30 × params.delta 30) × 30 seeds); at most 10,000 are allowed. Shrink the grid "
+                   "or the seeds, or split it into several sweeps."], got
+    fine = parse_spec({"name": "x", "method": "joint", "params": {"start_epoch": {"grid": list(range(1, 101))}}, "seeds": 100})
+    assert fine.num_trials() == 10_000 and len(expand_grid(fine)) == 10_000
+
+
+def test_messages_stay_readable_whatever_the_value(tmp_path):
+    long = ", ".join(["x" * 200] * 40)
+    got = problems_of_bytes(tmp_path, f"name: x\nmethod: ogm\nparams: {{alpha: {{grid: [{long}]}}}}\n".encode())
+    assert got and all(len(p) < 400 for p in got), got
+    assert "… (8," in got[0]  # cut, with the length it had
+    (tmp_path / "many.yaml").write_text("name: x\nmethod: ogm\n" + "".join(f"k{i}: 1\n" for i in range(500)))
+    with pytest.raises(ConfigError) as err:
+        load_spec(tmp_path / "many.yaml")
+    assert len(err.value.problems) == 500  # all kept; the message lists 50
+    lines = str(err.value).splitlines()
+    assert len(lines) == 51 and lines[-1] == "  … and 450 more problems. Fix these first."
+
+
+def test_values_only_wrong_together_are_found_in_every_configuration(tmp_path):
+    got = problems(tmp_path, "name: x\nmethod: joint\ndataset: {dim: {grid: [64, 8]}, latent_dim: {grid: [4, 16]}}\n")
+    assert got == ["dataset.latent_dim (line 3): must be <= dim = 8, got 16. (in the configuration of variant 'joint' with "
+                   "dataset.dim=8, dataset.latent_dim=16)"], got
+
+
+def test_anchors_and_merge_keys_within_the_budget_are_fine(tmp_path):
+    spec = load_spec(write(tmp_path, """\
+        name: x
+        method: [joint, {name: ogm-a, method: ogm, params: &p {alpha: 0.5, start_epoch: 2}},
+                 {name: ogm-b, method: ogm, params: {<<: *p, alpha: 0.9}}]
+        train: {epochs: 3}
+        """))
+    assert [e.params for e in spec.methods] == [{}, {"alpha": 0.5, "start_epoch": 2}, {"alpha": 0.9, "start_epoch": 2}]
+
+
+def test_the_metric_may_name_a_modality_or_the_probe_when_trials_report_it(tmp_path):
+    assert load_spec(write(tmp_path, "name: x\nmethod: joint\nsearch: {metric: val_acc/video}\n")).metric == "val_acc/video"
+    spec = "name: x\nmethod: joint\ntrain: {probe: true}\nsearch: {metric: val_probe/audio}\n"
+    assert load_spec(write(tmp_path, spec)).metric == "val_probe/audio"
+    got = problems(tmp_path, "name: x\nmethod: [joint, {method: unimodal, params: {modality: audio}}]\nsearch: {metric: val_acc/video}\n")
+    assert any("'val_acc/video' is not reported by the trials of unimodal" in p for p in got), got
+
+
+def test_plain_data_from_python_is_bounded_too():
+    looped: dict = {"name": "x", "method": "joint"}
+    looped["params"] = {"a": looped}
+    with pytest.raises(ConfigError, match="contains itself"):
+        parse_spec(looped)
+    shared: list = [1] * 10
+    for _ in range(8):
+        shared = [shared] * 10
+    with pytest.raises(ConfigError, match="holds more than 10,000 values"):
+        parse_spec({"name": "x", "method": "joint", "description": shared})
 
 
 # ------------------------------------------------------------------------------------- expansion

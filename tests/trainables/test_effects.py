@@ -1,20 +1,27 @@
 """The README's headline effects on the default synthetic set, kept as regression tests (slow).
 
-Each method at its defaults trains the default synthetic set and model (mlp/concat, 20 epochs) with
-seeds 0–4, next to joint training with the same seeds. Read at each run's best-validation epoch
-(first on ties, as the store and the report do), the weak modality's accuracy inside the model,
-``val_acc/video``, must rise over joint's on average over the seeds (the papers' claim, and the
-issues' acceptance criterion). The paired differences are in the failure message. BENCHMARKS.md has
-the same comparisons with their bench commands (``bench/imbalance.py``, where they are read on test).
+Each method at its defaults trains the default synthetic set (``antipodal-3k`` since issue 20: the
+design where the uni-modal ensemble beats joint training, so balancing has accuracy to win) and model
+(mlp/concat, 20 epochs) with seeds 0–2 (3 seeds keep the suite inside CI's budget; BENCHMARKS.md has 5), next to joint
+training with the same seeds. Read at each run's
+best-validation epoch (first on ties, as the store and the report do):
 
-Plain AMSS is the exception the README documents: on this set it throttles audio as Eq. 2–4 say
-(``trace/p/audio`` < ``trace/p/video``, checked here) but does not lift video; its fixed-ratio form
-(Table I's MS) with audio nearly frozen does, which checks that the masks act on the right modality.
+* the weak modality's accuracy inside the model, ``val_acc/video``, must rise over joint's on average
+  over the seeds (the papers' claim about the weak modality);
+* the model's validation accuracy must rise over joint's on average (the papers' central claim: the
+  joint model gains, not only the weak modality) — for every method but plain AMSS, whose gain in
+  joint accuracy is +0.004 on test over 5 seeds (BENCHMARKS.md): not a claim a test can hold.
+
+The paired differences are in the failure messages. BENCHMARKS.md ("Every method on the new default")
+has the same comparisons on test with their bench command (``bench/imbalance.py``). On the default
+before issue 20 (``dataset.preset=v1``) plain AMSS did not lift video and no method moved joint
+accuracy by more than 0.01: that finding stays in BENCHMARKS.md, measured, not tested here.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import statistics
 
 import pytest
@@ -23,42 +30,47 @@ from mmtune.engine.trial import Trial, parse_trial_config
 
 pytestmark = pytest.mark.slow
 
-SEEDS = range(5)
+SEEDS = range(3)
 
-LIFTERS = {
+METHODS = {
     "ogm-ge": ("ogm", {"ge": True}),
     "opm": ("opm", {}),
+    "amss": ("amss", {}),
     "amss+": ("amss", {"plus": True}),
     "aim": ("aim", {}),
-    "amss fixed p_audio 0.05": ("amss", {"fixed_p": {"audio": 0.05, "video": 1.0}, "sampling": "uniform"}),
+    "pmr": ("pmr", {}),
+    "agm": ("agm", {}),
 }
 
 
-def train(method: str, params: dict, seed: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(metrics at the best-validation epoch, metrics of the last epoch) of one default run."""
-    trial = Trial(parse_trial_config({"method": method, "seed": seed, "params": params}))
+@functools.cache
+def train(method: str, params_json: str, seed: int) -> dict[str, float]:
+    """The metrics at the best-validation epoch of one default run (``last/<key>``: the last epoch's)."""
+    trial = Trial(parse_trial_config({"method": method, "seed": seed, "params": json.loads(params_json)}))
     best: dict[str, float] = {}
     for _ in range(trial.spec.train.epochs):
         metrics = trial.step()
         if not best or metrics["val_acc"] > best["val_acc"]:
             best = metrics
-    return best, metrics
+    return {**best, **{f"last/{k}": v for k, v in metrics.items()}}
 
 
-@functools.cache
-def joint_video(seed: int) -> float:
-    return train("joint", {}, seed)[0]["val_acc/video"]
+def paired(name: str, key: str) -> list[float]:
+    method, params = METHODS[name]
+    return [train(method, json.dumps(params), seed)[key] - train("joint", "{}", seed)[key] for seed in SEEDS]
 
 
-@pytest.mark.parametrize("name", list(LIFTERS))
-def test_method_raises_the_weak_modality_over_joint_on_the_default_set(name):
-    method, params = LIFTERS[name]
-    deltas = [train(method, params, seed)[0]["val_acc/video"] - joint_video(seed) for seed in SEEDS]
-    assert statistics.mean(deltas) > 0, f"{name}: Δ val_acc/video per seed {[round(d, 3) for d in deltas]}"
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_raises_the_weak_modality_and_the_joint_model_over_joint_training(name):
+    video, joint = paired(name, "val_acc/video"), paired(name, "val_acc")
+    assert statistics.mean(video) > 0, f"{name}: Δ val_acc/video per seed {[round(d, 3) for d in video]}"
+    if name != "amss":
+        assert statistics.mean(joint) > 0, f"{name}: Δ val_acc per seed {[round(d, 3) for d in joint]}"
 
 
 def test_amss_update_ratio_favours_the_weak_modality_on_the_default_set():
+    """Eq. 2–4 throttle the dominant modality: at the last epoch audio's ξ is larger, its p smaller."""
     for seed in SEEDS:
-        _, last = train("amss", {}, seed)
+        last = {k[5:]: v for k, v in train("amss", "{}", seed).items() if k.startswith("last/")}
         assert last["trace/p/video"] > last["trace/p/audio"], f"seed {seed}: {last}"
-        assert last["trace/xi/audio"] > last["trace/xi/video"]
+        assert last["trace/xi/audio"] > last["trace/xi/video"], f"seed {seed}: {last}"

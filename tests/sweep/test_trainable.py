@@ -1,0 +1,51 @@
+"""BalancedTrainable checkpoints hold tensors and plain values only and load with ``weights_only``: a
+checkpoint in a sweep folder someone else wrote cannot run code (the conformance tests round-trip
+every registered method's checkpoint through the same loader)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from mmtune.sweep.trainable import CHECKPOINT_FILE, BalancedTrainable, load_trial_state
+
+
+class Payload:
+    """What a crafted checkpoint could hold: unpickling it calls ``Path.touch(marker)``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.fixture
+def trainable():
+    trainable = BalancedTrainable(config=tiny_config("ogm"))
+    trainable.train()
+    yield trainable
+    trainable.stop()
+
+
+def test_a_checkpoint_is_tensors_and_plain_values(trainable, tmp_path):
+    trainable.save_checkpoint(str(tmp_path))
+    state = load_trial_state(str(tmp_path / CHECKPOINT_FILE))
+    assert state["epoch"] == 1 and state["rng"]["data"].dtype == torch.uint8
+    trainable.load_checkpoint(str(tmp_path))  # the Trainable's own path: weights_only too
+    assert trainable.trial.epoch == 1
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_unexecuted(trainable, tmp_path):
+    marker = tmp_path / "code-ran"
+    state = trainable.trial.state_dict()
+    state["best"]["note"] = Payload(marker)
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match="not an mmtune checkpoint.*could run code"):
+        trainable.load_checkpoint(str(tmp_path))
+    assert not marker.exists()
+    torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)  # what the old loader did: the payload runs
+    assert marker.exists()
