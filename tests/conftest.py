@@ -44,6 +44,26 @@ def restore_into(trial, fresh):
     return fresh
 
 
+def check_restore_continues(config: dict):
+    """Step a trial once, checkpoint it (:func:`restore_into`) into a fresh trial and step that twice: the
+    metrics, timing keys aside, must equal epochs 2-3 of an uninterrupted run. Returns ``(restored,
+    uninterrupted)`` for further checks (a method's own parameters, say)."""
+    from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
+
+    uninterrupted = Trial(parse_trial_config(config))
+    expected = [uninterrupted.step() for _ in range(3)]
+    trial = Trial(parse_trial_config(config))
+    trial.step()
+    restored = restore_into(trial, Trial(parse_trial_config(config)))
+    continued = [restored.step(), restored.step()]
+
+    def strip(metrics):
+        return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+
+    assert [strip(m) for m in continued] == [strip(m) for m in expected[1:]]
+    return restored, uninterrupted
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import restore_into, tiny_config
+from conftest import check_restore_continues, tiny_config
 
 from mmtune.engine.method import StepContext
-from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
+from mmtune.engine.trial import Trial, parse_trial_config
 from mmtune.errors import ConfigError
 from mmtune.trainables.cml import (
     adjacent_pairs,
@@ -199,16 +199,7 @@ def test_window_is_respected():
 @pytest.mark.parametrize("params", [{}, {"removal": "epoch", "hinge": "batch", "subset_ce": True}])
 def test_save_restore_continue_equals_uninterrupted(params):
     config = tiny_config("cml", params=params, dataset={"n_train": 128})
-    uninterrupted = Trial(parse_trial_config(config))
-    expected = [uninterrupted.step() for _ in range(3)]
-    trial = Trial(parse_trial_config(config))
-    trial.step()
-    restored = restore_into(trial, Trial(parse_trial_config(config)))
-    continued = [restored.step(), restored.step()]
-
-    def strip(m):
-        return {k: v for k, v in m.items() if k not in TIMING_KEYS}
-    assert [strip(m) for m in continued] == [strip(m) for m in expected[1:]]
+    check_restore_continues(config)
 
 
 @pytest.mark.parametrize(("key", "value"), [

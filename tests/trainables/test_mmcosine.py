@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import restore_into, tiny_config
+from conftest import check_restore_continues, tiny_config
 
-from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
+from mmtune.engine.trial import Trial, parse_trial_config
 from mmtune.errors import ConfigError
 from mmtune.models.fusions import ConcatFusion, LateFusion, SumFusion, build_fusion
 from mmtune.trainables.mmcosine import (
@@ -179,16 +179,7 @@ def test_composes_with_a_subset_method_and_absent_modalities_contribute_nothing(
 
 def test_save_restore_continue_equals_uninterrupted():
     config = tiny_config("mmcosine", params={"scale": 15.0, "start_epoch": 2}, dataset={"n_train": 128})
-    uninterrupted = Trial(parse_trial_config(config))
-    expected = [uninterrupted.step() for _ in range(3)]
-    trial = Trial(parse_trial_config(config))
-    trial.step()
-    restored = restore_into(trial, Trial(parse_trial_config(config)))
-    continued = [restored.step(), restored.step()]
-
-    def strip(m):
-        return {k: v for k, v in m.items() if k not in TIMING_KEYS}
-    assert [strip(m) for m in continued] == [strip(m) for m in expected[1:]]
+    check_restore_continues(config)
 
 
 @pytest.mark.parametrize(("key", "value"), [("scale", 0.0), ("scale", -1.0), ("eval_logits", "softmax"), ("end_epoch", 0)])

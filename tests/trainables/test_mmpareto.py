@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import restore_into, tiny_config
+from conftest import check_restore_continues, tiny_config
 
 from mmtune.engine.method import StepContext
-from mmtune.engine.trial import TIMING_KEYS, Trial, parse_trial_config
+from mmtune.engine.trial import Trial, parse_trial_config
 from mmtune.errors import ConfigError
 from mmtune.trainables.mmpareto import (
     encoder_coefficients,
@@ -252,16 +252,7 @@ def test_save_restore_continue_equals_uninterrupted():
     # non-default rules.
     params = {"heads": "separate", "magnitude": "code", "integration": "pareto", "grad_scale": 1.5}
     config = tiny_config("mmpareto", params=params)
-    uninterrupted = Trial(parse_trial_config(config))
-    expected = [uninterrupted.step() for _ in range(3)]
-    trial = Trial(parse_trial_config(config))
-    trial.step()
-    restored = restore_into(trial, Trial(parse_trial_config(config)))
-    continued = [restored.step(), restored.step()]
-
-    def strip(m):
-        return {k: v for k, v in m.items() if k not in TIMING_KEYS}
-    assert [strip(m) for m in continued] == [strip(m) for m in expected[1:]]
+    restored, uninterrupted = check_restore_continues(config)
     for a, b in zip(restored.method.extra_parameters(), uninterrupted.method.extra_parameters(), strict=True):
         assert torch.equal(a, b)
 
