@@ -15,6 +15,7 @@ from mmtune.trainables import aim  # noqa: E402,F401  aim (AIM, w/o PAM, w/o DAM
 from mmtune.trainables import pmr  # noqa: E402,F401  pmr (PMR: prototypical modal rebalance)
 from mmtune.trainables import agm  # noqa: E402,F401  agm (AGM: Shapley responses, adaptive gradient modulation)
 from mmtune.trainables import ume  # noqa: E402,F401  ume (uni-modal ensemble: one stage per modality)
+from mmtune.trainables import greedy  # noqa: E402,F401  greedy (Greedy: conditional learning speed, re-balancing steps)
 from mmtune.trainables import cml  # noqa: E402,F401  cml (CML: confidence ranking regulariser, λ)
 from mmtune.trainables import gblending  # noqa: E402,F401  gblending (G-Blending: OGR-weighted blended losses)
 from mmtune.trainables import mmcosine  # noqa: E402,F401  mmcosine (MMCosine: cosine logits, scale s)
