@@ -334,10 +334,10 @@ class GBlending(BalancingMethod):
         for mod in modules:
             mod.eval()
         try:
-            sums = torch.zeros(len(self.head_names) if k is None else (), device=split.labels.device)
-            for start in range(0, len(split), chunk):
-                x = {m: split.inputs[m][start:start + chunk] for m in self.modalities}
-                y = split.labels[start:start + chunk]
+            sums = torch.zeros(len(self.head_names) if k is None else (), device=split.device)
+            for batch in split.batches(chunk):  # any split type: tensors or a prepared real-dataset cache
+                x = {m: batch.inputs[m] for m in self.modalities}
+                y = batch.labels
                 if k is None:
                     out = model(x)
                     logits = [*self._unimodal_logits(model, heads, out.features), out.logits]
@@ -368,15 +368,16 @@ class GBlending(BalancingMethod):
         if heads is not None:
             heads.train()
         n = len(split)
-        order = torch.randperm(n, generator=ctx.generator, device=ctx.generator.device).to(split.labels.device)
-        total = torch.zeros((), device=split.labels.device)
-        for index in order.split(max(ctx.batch_size, 1)):
-            x = {m: split.inputs[m].index_select(0, index) for m in self.modalities}
-            loss = F.cross_entropy(self._head_logits(model, heads, x, k), split.labels.index_select(0, index))
+        order = torch.randperm(n, generator=ctx.generator, device=ctx.generator.device)
+        total = torch.zeros((), device=split.device)
+        # Shuffled by the method's generator: the ordered batches of the permuted subset (any split type).
+        for batch in split.subset(order).batches(max(ctx.batch_size, 1)):
+            x = {m: batch.inputs[m] for m in self.modalities}
+            loss = F.cross_entropy(self._head_logits(model, heads, x, k), batch.labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            total += loss.detach() * len(index)
+            total += loss.detach() * len(batch.labels)
         return total / n
 
     def _estimate(self, ctx: StepContext, epochs: int) -> None:

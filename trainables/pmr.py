@@ -269,20 +269,17 @@ class PMR(BalancingMethod):
         model, split = ctx.model, ctx.train
         n = len(split)
         size = subset_size(n, self.config.proto_fraction)
-        device = split.labels.device
-        if size == n:
-            index = torch.arange(n, device=device)
-        else:
-            index = torch.randperm(n, generator=ctx.generator, device=ctx.generator.device)[:size].to(device)
+        if size < n:  # any split type (synthetic tensors, a prepared real-dataset cache): subset + batches
+            split = split.subset(torch.randperm(n, generator=ctx.generator, device=ctx.generator.device)[:size])
         was_training = model.training
         model.eval()
         try:
             sums = counts = None
-            for chunk in index.split(max(ctx.batch_size, 1)):
-                encoded = model.encode({m: split.inputs[m].index_select(0, chunk) for m in self.modalities})
+            for batch in split.batches(max(ctx.batch_size, 1)):
+                encoded = model.encode({m: batch.inputs[m] for m in self.modalities})
                 features = [encoded[m] for m in self.modalities]
                 width = max(f.shape[1] for f in features)
-                labels = split.labels.index_select(0, chunk)
+                labels = batch.labels
                 chunk_sums, chunk_counts = class_feature_sums(stack_features(features, width), labels, self.num_classes)
                 sums = chunk_sums if sums is None else sums + chunk_sums
                 counts = chunk_counts if counts is None else counts + chunk_counts

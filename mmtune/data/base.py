@@ -43,6 +43,17 @@ class TensorSplit:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
+
+    def subset(self, index: Tensor) -> TensorSplit:
+        """The samples at ``index`` (1-D integer tensor, any device), in that order. Methods that pass over
+        part of a split (PMR's prototypes, G-Blending's held-out samples) use this and :meth:`batches`,
+        which every split type has (the prepared real-dataset cache's too), never ``inputs``/``labels``."""
+        index = index.to(self.labels.device)
+        return TensorSplit({m: x.index_select(0, index) for m, x in self.inputs.items()}, self.labels.index_select(0, index))
+
     def to(self, device: torch.device | str) -> TensorSplit:
         return TensorSplit({m: x.to(device) for m, x in self.inputs.items()}, self.labels.to(device))
 

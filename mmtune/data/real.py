@@ -679,12 +679,19 @@ class CacheSplit:
     """A split read from the prepared cache; same interface as :class:`TensorSplit` for the loop."""
 
     def __init__(self, split: str, loader: _Loader, labels: np.ndarray, counts: dict[str, np.ndarray],
-                 modalities: dict[str, Modality], flip: bool):
+                 modalities: dict[str, Modality], flip: bool, rows: np.ndarray | None = None):
         self.name, self.loader, self.labels_np = split, loader, labels
         self.counts, self.modalities, self.flip = counts, modalities, flip
+        self.rows = rows  # the cache rows this split reads, in order (None: all of them)
 
     def __len__(self) -> int:
-        return len(self.labels_np)
+        return len(self.labels_np) if self.rows is None else len(self.rows)
+
+    def subset(self, index: Tensor) -> CacheSplit:
+        """The samples at ``index`` (positions in this split, any device), in that order; reads the same cache."""
+        index = index.detach().cpu().numpy()
+        rows = index if self.rows is None else self.rows[index]
+        return CacheSplit(self.name, self.loader, self.labels_np, self.counts, self.modalities, self.flip, rows)
 
     @property
     def device(self) -> torch.device:
@@ -692,7 +699,7 @@ class CacheSplit:
 
     def select(self, modalities: list[str]) -> CacheSplit:
         return CacheSplit(self.name, self.loader, self.labels_np, {m: c for m, c in self.counts.items() if m in modalities},
-                          {m: self.modalities[m] for m in modalities}, self.flip)
+                          {m: self.modalities[m] for m in modalities}, self.flip, self.rows)
 
     def to(self, device: torch.device | str) -> CacheSplit:
         self.loader.device = torch.device(device)
@@ -703,7 +710,8 @@ class CacheSplit:
         order with fixed frames (evaluation). All randomness is drawn here, on the CPU, in order."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        items = [self._describe(idx.numpy(), generator) for idx in order.split(batch_size)]
+        rows = (lambda idx: idx) if self.rows is None else (lambda idx: self.rows[idx])
+        items = [self._describe(rows(idx.numpy()), generator) for idx in order.split(batch_size)]
         for raw in self.loader.run(items):
             labels = raw.pop("labels").to(self.device, non_blocking=True)
             yield Batch({m: self._to_model(m, x) for m, x in raw.items()}, labels)

@@ -238,11 +238,7 @@ def reserve_holdout(split: TensorSplit, method: BalancingMethod,
     reserved[kept] = False
     held = reserved.nonzero().squeeze(1)
 
-    def take(index: Tensor) -> TensorSplit:
-        index = index.to(split.labels.device)
-        return TensorSplit({m: x.index_select(0, index) for m, x in split.inputs.items()}, split.labels.index_select(0, index))
-
-    return take(kept), (take(held) if len(held) else None), kept
+    return split.subset(kept), (split.subset(held) if len(held) else None), kept
 
 
 class Trial:

@@ -118,3 +118,27 @@ def test_trainable_reset_config_rebuilds_the_trial(method):
         assert without_timing(trainable.trial.step()) == without_timing(fresh.step())
     finally:
         trainable.stop()
+
+
+# Methods that pass over the training split themselves (prototypes, held-out estimates, utilisation
+# rates, a hypergradient batch) must work on every split type, not only the synthetic set's tensors:
+# on the prepared real-dataset cache (CREMA-D fixture, ResNet-18) PMR and G-Blending once read
+# ``split.labels``, which the cache does not have.
+SPLIT_PASSES = {"pmr": {}, "gblending": {"super_epoch": 1}, "greedy": {}, "lfm": {}}
+
+
+@pytest.fixture(scope="module")
+def cremad_root(tmp_path_factory):
+    from tests.data.test_cremad import write_cremad
+
+    return write_cremad(tmp_path_factory.mktemp("cremad") / "cremad", csv="ogm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(SPLIT_PASSES))
+def test_methods_that_pass_over_the_training_split_run_on_a_real_dataset_cache(method, cremad_root):
+    config = {"method": method, "seed": 0, "params": SPLIT_PASSES[method], "train": {"epochs": 1, "batch_size": 12},
+              "dataset": {"name": "cremad", "root": str(cremad_root), "workers": 0, "image_size": 32},
+              "model": {"backbone": "resnet18"}}
+    metrics = Trial(parse_trial_config(config)).step()
+    assert all(math.isfinite(v) for v in without_timing(metrics).values())
