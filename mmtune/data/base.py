@@ -28,6 +28,9 @@ class Batch:
     # Encoder outputs a method already computed in before_forward (with grad), reused by the forward
     # pass instead of encoding again (e.g. OPM's code timing scores the batch before dropping in it).
     features: dict[str, Tensor] | None = None
+    # Positions of the rows in the sequence the pass iterates (the split, or a method's epoch_indices),
+    # on the batch's device: lets a method tell its re-sampled copies apart.
+    index: Tensor | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -70,11 +73,12 @@ class TensorSplit:
         if generator is None:
             for start in range(0, n, batch_size):
                 end = min(start + batch_size, n)
-                yield Batch({m: x[start:end] for m, x in self.inputs.items()}, self.labels[start:end])
+                yield Batch({m: x[start:end] for m, x in self.inputs.items()}, self.labels[start:end],
+                            index=torch.arange(start, end, device=self.labels.device))
             return
         order = torch.randperm(n, generator=generator).to(self.labels.device, non_blocking=True)
         for idx in order.split(batch_size):
-            yield Batch({m: x.index_select(0, idx) for m, x in self.inputs.items()}, self.labels.index_select(0, idx))
+            yield Batch({m: x.index_select(0, idx) for m, x in self.inputs.items()}, self.labels.index_select(0, idx), index=idx)
 
 
 @dataclass

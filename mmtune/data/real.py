@@ -711,10 +711,11 @@ class CacheSplit:
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         rows = (lambda idx: idx) if self.rows is None else (lambda idx: self.rows[idx])
-        items = [self._describe(rows(idx.numpy()), generator) for idx in order.split(batch_size)]
-        for raw in self.loader.run(items):
+        chunks = order.split(batch_size)
+        items = [self._describe(rows(idx.numpy()), generator) for idx in chunks]
+        for idx, raw in zip(chunks, self.loader.run(items), strict=True):
             labels = raw.pop("labels").to(self.device, non_blocking=True)
-            yield Batch({m: self._to_model(m, x) for m, x in raw.items()}, labels)
+            yield Batch({m: self._to_model(m, x) for m, x in raw.items()}, labels, index=idx.to(self.device, non_blocking=True))
 
     def _describe(self, idx: np.ndarray, generator: torch.Generator | None) -> tuple:
         frames: dict[str, np.ndarray | None] = {}

@@ -13,7 +13,8 @@
 
 Hooks: ``before_forward`` chains, ``extra_loss`` sums, ``modulate_gradients`` and ``after_step`` run
 each part in the order written; ``train_indices`` intersects (a sample any part reserves is held out
-of training for all of them). Each part keeps its own window: the composite calls a part's
+of training for all of them); ``substeps``, ``epoch_indices`` and ``predict`` belong to the one part
+that overrides them (two parts overriding the same one are refused). Each part keeps its own window: the composite calls a part's
 per-batch hooks only inside that part's window (or always, for an always-active part, with
 ``ctx.modulating`` telling it which side of its own E it is on), so an always-active part never
 switches its partners on outside their windows.
@@ -61,7 +62,23 @@ def composition_problem(parts: list[type[BalancingMethod]]) -> str | None:
     replacing = [p.name for p in parts if p.replaces_loss]
     if len(replacing) > 1:
         return f"{' and '.join(replacing)} both replace the task loss; only one part of a composition may"
+    for hook, what in SOLE_HOOKS.items():
+        owners = [p.name for p in parts if _overrides(p, hook)]
+        if len(owners) > 1:
+            return f"{' and '.join(owners)} both {what}; only one part of a composition may"
     return None
+
+
+# Hooks only one part of a composition may override (the composite hands them to that part).
+SOLE_HOOKS = {
+    "substeps": "split a batch into substeps of their own (substeps)",
+    "epoch_indices": "choose the epoch's training samples (epoch_indices)",
+    "predict": "have an inference rule of their own (predict)",
+}
+
+
+def _overrides(part: type[BalancingMethod], hook: str) -> bool:
+    return getattr(part, hook) is not getattr(BalancingMethod, hook)
 
 
 def _merged_config(name: str, parts: list[type[BalancingMethod]]) -> tuple[type[Record], dict[str, dict[str, str]]]:
@@ -184,6 +201,22 @@ class Composite(BalancingMethod):
     def in_window(self, epoch: int) -> bool:
         return any(child.in_window(epoch) for child in self.children)
 
+    def _sole(self, hook: str) -> int | None:
+        """The index of the part that overrides ``hook``, or None."""
+        return next((i for i, part in enumerate(self.parts) if _overrides(part, hook)), None)
+
+    def epoch_indices(self, ctx: StepContext) -> Tensor | None:
+        i = self._sole("epoch_indices")
+        return self.children[i].epoch_indices(self._ctx(i, ctx)) if i is not None and self._active[i] else None
+
+    def substeps(self, batch, ctx):
+        i = self._sole("substeps")
+        return self.children[i].substeps(batch, self._ctx(i, ctx)) if i is not None and self._active[i] else None
+
+    def predict(self, model, out):
+        i = self._sole("predict")
+        return self.children[i].predict(model, out) if i is not None else None
+
     def _ctx(self, i: int, ctx: StepContext) -> StepContext:
         return dataclasses.replace(ctx, modulating=self._modulating[i])
 
@@ -204,6 +237,8 @@ class Composite(BalancingMethod):
         for i, child in enumerate(self.children):
             if self._active[i]:
                 batch = child.before_forward(batch, self._ctx(i, ctx))
+                if batch is None:  # the part skips this substep
+                    return None
         return batch
 
     def loss(self, out, batch, ctx) -> Tensor:

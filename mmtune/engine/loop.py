@@ -9,6 +9,7 @@ is summed on the device and read once per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,27 @@ __all__ = ["EpochStats", "train_epoch", "evaluate"]
 
 @dataclass
 class EpochStats:
-    loss_sum: Tensor  # Σ over samples of the optimised loss, on the device
-    samples: int
-    steps: int
+    loss_sum: Tensor  # Σ over samples of the optimised loss, on the device (every substep's)
+    samples: int  # training samples the epoch passed over
+    steps: int  # batches
+    loss_samples: int  # the samples loss_sum is summed over (samples, unless a method takes substeps)
+
+    @property
+    def mean_loss(self) -> Tensor:
+        return self.loss_sum / max(self.loss_samples, 1)
+
+
+def _check_indices(indices: Tensor, n: int, method: str) -> Tensor:
+    """A method's epoch_indices, checked: a non-empty 1-D integer tensor of indices in [0, n)."""
+    index = torch.as_tensor(indices).detach()
+    where = f"method '{method}': epoch_indices(...)"
+    if index.dim() != 1 or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool or not len(index):
+        raise ValueError(f"{where} must return a non-empty 1-D integer tensor of indices into the {n} training samples, "
+                         f"got {tuple(index.shape)} {index.dtype}")
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or high >= n:
+        raise ValueError(f"{where} must index the {n} training samples, [0, {n}); got indices in [{low}, {high}]")
+    return index.long()
 
 
 def train_epoch(
@@ -44,51 +63,65 @@ def train_epoch(
     model.train()
     active = ctx.modulating or method.always_active
     loss_sum = torch.zeros((), device=ctx.device)
-    samples = steps = 0
+    samples = loss_n = steps = 0
+    indices = method.epoch_indices(ctx) if active else None
+    if indices is not None:
+        split = split.subset(_check_indices(indices, len(split), method.name))
     for step, batch in enumerate(split.batches(batch_size, generator=data_generator)):
         ctx.step = step
-        if active:
-            batch = method.before_forward(batch, ctx)
-        out = model(batch.inputs, drop=batch.drop, features=batch.features)
-        loss = method.loss(out, batch, ctx) if active and method.replaces_loss else F.cross_entropy(out.logits, batch.labels)
-        if active:
-            extra = method.extra_loss(out, batch, ctx)
-            if extra is not None:
-                loss = loss + extra
-        loss.backward()
-        if active:
-            method.modulate_gradients(model, out, batch, ctx)
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        # Free the gradients now rather than at the next backward: no need for that memory.
-        optimizer.zero_grad(set_to_none=True)
-        if active:
-            method.after_step(out, batch, ctx)
-        n = len(batch)
-        loss_sum += loss.detach() * n
-        samples += n
+        names = method.substeps(batch, ctx) if active else None
+        for name in (None,) if names is None else names:
+            ctx.substep = name
+            part = batch if name is None else dataclasses.replace(batch)
+            if active:
+                part = method.before_forward(part, ctx)
+                if part is None:
+                    continue
+            out = model(part.inputs, drop=part.drop, features=part.features)
+            loss = method.loss(out, part, ctx) if active and method.replaces_loss else F.cross_entropy(out.logits, part.labels)
+            if active:
+                extra = method.extra_loss(out, part, ctx)
+                if extra is not None:
+                    loss = loss + extra
+            loss.backward()
+            if active:
+                method.modulate_gradients(model, out, part, ctx)
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            # Free the gradients now rather than at the next backward: no need for that memory.
+            optimizer.zero_grad(set_to_none=True)
+            if active:
+                method.after_step(out, part, ctx)
+            loss_sum += loss.detach() * len(part)
+            loss_n += len(part)
+        ctx.substep = None
+        samples += len(batch)
         steps += 1
         ctx.global_step += 1
-    return EpochStats(loss_sum, samples, steps)
+    return EpochStats(loss_sum, samples, steps, loss_n)
 
 
 @torch.no_grad()
 def evaluate(
-    model: MultimodalModel, split: TensorSplit, *, batch_size: int, prefix: str, imbalance: bool = True
+    model: MultimodalModel, split: TensorSplit, *, batch_size: int, prefix: str, imbalance: bool = True,
+    method: BalancingMethod | None = None,
 ) -> dict[str, Tensor]:
     """Joint and per-modality metrics of one split, as device tensors (``<prefix>_acc`` …).
 
     With ``imbalance``, also the discrepancy ratio ρ^m (OPM/OGM Eq. 6–7) over the whole split, as
-    ``imbalance/<m>`` (the trial reports it for validation only).
+    ``imbalance/<m>`` (the trial reports it for validation only). A ``method`` with an inference rule
+    of its own (:meth:`BalancingMethod.predict`, e.g. MLA's uncertainty-weighted fusion) scores with it.
     """
     model.eval()
     logits, uni, labels = [], {m: [] for m in model.modalities}, []
     for batch in split.batches(batch_size):
         out = model(batch.inputs)
-        logits.append(out.logits)
-        for m, lm in model.unimodal_logits(out.features).items():
-            uni[m].append(lm)
+        rule = method.predict(model, out) if method is not None else None
+        fused, per_modality = rule if rule is not None else (out.logits, model.unimodal_logits(out.features))
+        logits.append(fused)
+        for m in model.modalities:
+            uni[m].append(per_modality[m])
         labels.append(batch.labels)
     logits_all, y = torch.cat(logits), torch.cat(labels)
     metrics = {f"{prefix}_{k}": v for k, v in classification_metrics(logits_all, y, model.num_classes).items()}

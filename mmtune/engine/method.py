@@ -35,6 +35,17 @@ Multi-stage methods (UME: each modality alone, then the ensemble) return their s
 :meth:`BalancingMethod.stages`; one Tune step stays one epoch and the trial knows the stage of each
 epoch, so a checkpoint restores mid-stage.
 
+Training schemes (contract v3; the defaults change nothing):
+
+* :meth:`BalancingMethod.substeps` splits one batch into several optimizer steps (MLA: one per
+  modality, in turn): the loop runs the whole step once per name, on a shallow copy of the batch,
+  with ``ctx.substep`` set; ``before_forward`` returning None skips a substep.
+* :meth:`BalancingMethod.epoch_indices` chooses the epoch's training samples (indices into
+  ``ctx.train``, repeats allowed: re-sampled copies, e.g. sample-level valuation); ``Batch.index``
+  holds each row's position in that tensor (in the split when the method chose none).
+* :meth:`BalancingMethod.predict` is the method's inference rule for validation and test (MLA's
+  uncertainty-weighted fusion): the usual metric keys report it.
+
 Hook names are checked when a method is registered (:func:`check_hook_names`): a public method whose
 name is close to a hook's but not equal (``modulate_gradient``) is refused with a did-you-mean, so a
 typo never trains silently as joint.
@@ -47,7 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -108,6 +119,7 @@ class StepContext:
     batch_size: int = 0  # the training mini-batch size
     stage: Stage | None = None  # the stage this epoch belongs to
     stage_epoch: int = 0  # 1-based epoch within the stage
+    substep: str | None = None  # the substep this step belongs to (None: the batch's one step)
 
 
 class TraceMeter:
@@ -162,7 +174,7 @@ class TraceMeter:
 HOOKS = frozenset({
     "bind", "extra_parameters", "in_window", "stages", "select_modalities", "hyperparameters", "train_indices",
     "begin_epoch", "end_epoch", "before_forward", "loss", "extra_loss", "modulate_gradients", "after_step",
-    "state_dict", "load_state_dict",
+    "state_dict", "load_state_dict", "substeps", "predict", "epoch_indices",
 })
 
 
@@ -256,12 +268,26 @@ class BalancingMethod:
     def begin_epoch(self, ctx: StepContext) -> None:
         self.traces.reset()
 
+    def epoch_indices(self, ctx: StepContext) -> Tensor | None:
+        """The samples this epoch trains on, as a 1-D integer tensor of indices into ``ctx.train``
+        (repeats allowed: re-sampled copies); the loop shuffles and batches them, and ``Batch.index``
+        holds each row's position in this tensor. None (the default): every sample once. Called
+        after :meth:`begin_epoch`, when the method is active."""
+        return None
+
     def end_epoch(self, ctx: StepContext) -> dict[str, float]:
         """The method's trace for the epoch, as ``trace/<quantity>/<modality or depth>`` → mean."""
         return {f"trace/{k}": v for k, v in self.traces.compute().items()}
 
     # -- per-batch hooks --------------------------------------------------------------------------
-    def before_forward(self, batch: Batch, ctx: StepContext) -> Batch:
+    def substeps(self, batch: Batch, ctx: StepContext) -> Sequence[str] | None:
+        """Names of the optimizer steps to take on this batch, in order (MLA: one per modality); None
+        (the default): one step. Each substep runs the whole step — before_forward on a shallow copy
+        of the batch (returning None skips the substep), forward, loss, backward, modulate_gradients,
+        optimizer step, after_step — with ``ctx.substep`` set to its name."""
+        return None
+
+    def before_forward(self, batch: Batch, ctx: StepContext) -> Batch | None:
         return batch
 
     # Methods that replace the task loss say so (composition refuses two of them in one composite).
@@ -279,6 +305,13 @@ class BalancingMethod:
 
     def after_step(self, out: ModelOutput, batch: Batch, ctx: StepContext) -> None:
         """After ``optimizer.step()``: running statistics that must see the updated parameters."""
+        return None
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def predict(self, model: MultimodalModel, out: ModelOutput) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """The method's inference rule for validation and test: (fused logits (B, C), each modality's
+        logits), reported under the usual metric keys. None (the default): the model's fused logits
+        and :meth:`MultimodalModel.unimodal_logits`. Called per evaluation batch, without grad."""
         return None
 
     # -- checkpointing ----------------------------------------------------------------------------

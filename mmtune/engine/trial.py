@@ -310,13 +310,14 @@ class Trial:
         if self.scheduler is not None:
             self.scheduler.step()
         traces = self.method.end_epoch(ctx)
-        train_loss = stats.loss_sum / max(stats.samples, 1)
+        train_loss = stats.mean_loss
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         train_s = time.perf_counter() - start
         device_metrics = {"train_loss": train_loss}
-        device_metrics.update(evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, prefix="val"))
-        device_metrics.update(evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, prefix="test", imbalance=False))
+        device_metrics.update(evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, prefix="val", method=self.method))
+        device_metrics.update(evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, prefix="test", imbalance=False,
+                                       method=self.method))
         if t.probe:
             device_metrics.update(probe_metrics(self.model, self.data.train, {"val": self.data.val, "test": self.data.test},
                                                 batch_size=t.eval_batch_size))

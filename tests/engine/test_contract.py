@@ -209,6 +209,125 @@ def test_stages_that_do_not_add_up_are_refused(probe):
         Trial(parse_trial_config(tiny_config("contract-probe", train={"epochs": 4}, params={"split": 5})))
 
 
+# ----------------------------------------------------------------------------- training schemes (v3)
+
+
+class Scheme(BalancingMethod):
+    """A test method that uses every v3 hook: two substeps per batch (the second skipped on odd
+    steps), an epoch of re-sampled copies (the first 10 samples twice more) and its own inference rule."""
+
+    name = "contract-scheme"
+    state = ("steps",)
+    replaces_loss = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = torch.zeros((), device=self.device)
+        self.positions: list[Tensor] = []
+        self.substep_names: list[str | None] = []
+
+    def epoch_indices(self, ctx):
+        n = len(ctx.train)
+        return torch.cat([torch.arange(n), torch.arange(10), torch.arange(10)])
+
+    def substeps(self, batch, ctx):
+        return ("audio", "video")
+
+    def before_forward(self, batch, ctx):
+        if ctx.substep == "video" and ctx.step % 2:
+            return None
+        self.positions.append(batch.index.cpu())
+        self.substep_names.append(ctx.substep)
+        return batch
+
+    def loss(self, out, batch, ctx):
+        return torch.nn.functional.cross_entropy(ctx.model.modality_logits(out.features)[ctx.substep], batch.labels)
+
+    def after_step(self, out, batch, ctx):
+        self.steps += 1
+
+    def predict(self, model, out):
+        own = model.modality_logits(out.features)
+        return own["video"], {m: own["video"] for m in model.modalities}
+
+
+@pytest.fixture
+def scheme():
+    register(Scheme)
+    yield
+    METHODS.pop("contract-scheme", None)
+
+
+def test_substeps_epoch_indices_and_batch_index(scheme):
+    trial = Trial(parse_trial_config(tiny_config("contract-scheme", train={"epochs": 2})))
+    trial.step()
+    method = trial.method
+    batches = (256 + 20 + 31) // 32  # 276 samples in batches of 32
+    assert batches == 9
+    # two substeps per batch, the second skipped on odd steps: 9 + 5 optimizer steps
+    assert method.steps.item() == 9 + 5
+    assert method.substep_names.count("audio") == 9 and method.substep_names.count("video") == 5
+    # every position of the epoch's 276 samples is seen once by the first substep: copies included
+    audio = torch.cat([p for p, s in zip(method.positions, method.substep_names) if s == "audio"])
+    assert sorted(audio.tolist()) == list(range(276))
+
+
+def test_predict_is_the_reported_inference_rule(scheme):
+    trial = Trial(parse_trial_config(tiny_config("contract-scheme", train={"epochs": 1})))
+    metrics = trial.step()
+    assert metrics["val_acc"] == metrics["val_acc/video"] == metrics["val_acc/audio"]
+    with torch.no_grad():
+        trial.model.eval()
+        split = trial.data.val
+        correct = sum((trial.model.modality_logits(trial.model(b.inputs).features)["video"].argmax(1) == b.labels).sum().item()
+                      for b in split.batches(1024))
+    assert metrics["val_acc"] == pytest.approx(correct / len(split))
+
+
+def test_v3_schemes_are_checkpointed_and_restored(scheme):
+    from conftest import check_restore_continues
+
+    restored, _ = check_restore_continues(tiny_config("contract-scheme"))
+    assert restored.method.steps.item() == 3 * 14
+
+
+def test_bad_epoch_indices_name_the_method_and_the_fix(scheme):
+    class Bad(Scheme):
+        name = "contract-bad-indices"
+
+        def epoch_indices(self, ctx):
+            return torch.tensor([0, len(ctx.train)])
+
+    register(Bad)
+    try:
+        trial = Trial(parse_trial_config(tiny_config("contract-bad-indices")))
+        with pytest.raises(ValueError, match="contract-bad-indices.*epoch_indices.*\\[0, 256\\)"):
+            trial.step()
+    finally:
+        METHODS.pop("contract-bad-indices", None)
+
+
+def test_two_parts_that_override_the_same_v3_hook_do_not_compose(scheme):
+    from mmtune.engine.compose import composition_problem
+
+    class Other(BalancingMethod):
+        name = "contract-other"
+
+        def predict(self, model, out):
+            return None
+
+    assert "both have an inference rule of their own (predict)" in composition_problem([Scheme, Other])
+    assert composition_problem([Scheme, get_method("ogm")]) is None
+
+
+def test_a_composite_hands_v3_hooks_to_the_part_that_has_them(scheme):
+    trial = Trial(parse_trial_config(tiny_config("contract-scheme+ogm", train={"epochs": 1})))
+    metrics = trial.step()
+    scheme_part = trial.method.children[0]
+    assert scheme_part.steps.item() == 14
+    assert metrics["val_acc"] == metrics["val_acc/audio"]  # the part's inference rule
+
+
 # ----------------------------------------------------------------------------- model interfaces
 
 
