@@ -270,9 +270,11 @@ def _baseline_section(variants: Sequence[Variant], axes: Sequence[str], baseline
     table, _ = significance_table(matches, axes, column="test_acc", paper_protocol=paper_protocol)
     lines += [
         f"Difference in test accuracy at the best-validation epoch, variant − `{name}`, **paired by seed** (only seeds "
-        "where both trials finished). Interval: the paired t interval, mean(d) ± t₀.₉₇₅(n−1) · sd(d)/√n, with the "
-        "Student t quantile computed by mmtune (inverse of the regularized incomplete beta). With one pair there is "
-        "no interval; with few seeds the interval is wide. Bold: the interval excludes 0.",
+        "where both trials finished). Interval: the paired t interval, mean(d) ± t₀.₉₇₅(n−1) · sd(d)/√n (not adjusted "
+        "for multiplicity). p: the two-sided paired t test, then Holm's step-down adjustment across this table's "
+        "comparisons (family-wise error 0.05; **bold**: adjusted p < 0.05), and the two-sided Wilcoxon signed-rank "
+        "test (no normality assumed; with n pairs its smallest p is 2/2ⁿ, so it cannot reach 0.05 below 6 seeds). "
+        "With one pair there is no interval or test.",
         "",
         render_markdown_table(table),
         "",

@@ -1,23 +1,21 @@
-"""Statistics of a report: mean ± sample std over seeds, and the paired t interval.
+"""Statistics of a report: mean ± sample std over seeds, the paired t interval and tests.
 
-Pure Python + math: no scipy (not a dependency of mmtune). The Student t quantile is the numeric
-inverse (bisection) of the t CDF, which is written with the regularized incomplete beta function
-(continued fraction, Lentz's method; Numerical Recipes §6.4):
-
-    F(t; ν) = 1 − ½ · I_{ν/(ν+t²)}(ν/2, ½)          for t ≥ 0
-
-Accurate to ~1e-10, far below the 3 decimals a report prints (t_{0.975}(2) = 4.302653).
+Against a baseline, per variant, paired by seed: the t interval mean(d) ± t_{(1+c)/2}(n−1)·sd(d)/√n,
+the two-sided paired t test and the Wilcoxon signed-rank test (non-parametric; with n pairs its
+smallest p is 2/2ⁿ), and :func:`holm` to adjust one table's p-values for its number of comparisons.
+Quantiles and tests are scipy's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from scipy.stats import t as _t
+
 __all__ = [
-    "Summary", "PairedDifference", "summarize", "paired_t_interval",
-    "regularized_incomplete_beta", "student_t_cdf", "t_quantile",
+    "Summary", "PairedDifference", "summarize", "paired_t_interval", "holm", "student_t_cdf", "t_quantile",
 ]
 
 
@@ -47,55 +45,11 @@ def summarize(values: Iterable[float | None]) -> Summary:
 
 
 # ------------------------------------------------------------------------------ Student t quantile
-def _beta_continued_fraction(x: float, a: float, b: float) -> float:
-    """Continued fraction of I_x(a, b) (modified Lentz); converges fast for x < (a+1)/(a+b+2)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
-    """I_x(a, b) for 0 ≤ x ≤ 1, a, b > 0."""
-    if not (a > 0 and b > 0):
-        raise ValueError(f"`a > 0 and b > 0` must hold, but got ({a=}, {b=}).")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"`0 <= x <= 1` must hold, but got {x=}.")
-    if x in (0.0, 1.0):
-        return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(x, a, b) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(1.0 - x, b, a) / b
-
-
 def student_t_cdf(t: float, df: float) -> float:
     """P(T ≤ t) for Student's t with ``df`` degrees of freedom."""
     if not df > 0:
         raise ValueError(f"`df > 0` must hold, but got {df=}.")
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = 0.5 * regularized_incomplete_beta(df / (df + t * t), df / 2.0, 0.5)  # P(T > |t|)
-    return 1.0 - tail if t >= 0 else tail
+    return float(_t.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
@@ -104,22 +58,22 @@ def t_quantile(p: float, df: float) -> float:
         raise ValueError(f"`0 < p < 1` must hold, but got {p=}.")
     if not df > 0:
         raise ValueError(f"`df > 0` must hold, but got {df=}.")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    low, high = 0.0, 1.0
-    while student_t_cdf(high, df) < p:  # bracket; t_{0.9995}(1) ≈ 636.6 needs ten doublings
-        low, high = high, high * 2.0
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if student_t_cdf(mid, df) < p:
-            low = mid
-        else:
-            high = mid
-        if high - low <= 1e-12 * max(1.0, high):
-            break
-    return 0.5 * (low + high)
+    return float(_t.ppf(p, df))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of the p-values of one family of comparisons (NaN ones are not
+    counted in the family and stay NaN): p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)), over the
+    m finite p-values sorted ascending. It controls the family-wise error rate without assuming
+    independence; reject where p̃ < α."""
+    finite = sorted((p, i) for i, p in enumerate(p_values) if _finite(p))
+    m = len(finite)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 # ------------------------------------------------------------------------------ paired t interval
@@ -135,6 +89,8 @@ class PairedDifference:
     t_crit: float  # t_{(1+confidence)/2}(n − 1); NaN when n < 2
     confidence: float
     seeds: tuple[int, ...] = field(default=())
+    p_t: float = math.nan  # two-sided paired t test of mean(d) = 0; NaN when n < 2 or sd(d) = 0 with mean 0
+    p_wilcoxon: float = math.nan  # two-sided Wilcoxon signed-rank test (exact for small n); NaN when n < 2 or d ≡ 0
 
     @property
     def has_interval(self) -> bool:
@@ -161,7 +117,25 @@ def paired_t_interval(variant: Mapping[int, float], baseline: Mapping[int, float
         return PairedDifference(s.mean, s.std, s.n, math.nan, math.nan, math.nan, confidence, seeds)
     t_crit = t_quantile(0.5 + confidence / 2.0, s.n - 1)
     half = t_crit * s.std / math.sqrt(s.n)
-    return PairedDifference(s.mean, s.std, s.n, s.mean - half, s.mean + half, t_crit, confidence, seeds)
+    return PairedDifference(s.mean, s.std, s.n, s.mean - half, s.mean + half, t_crit, confidence, seeds,
+                            _paired_t_p(s), _wilcoxon_p(diffs))
+
+
+def _paired_t_p(s: Summary) -> float:
+    if s.std == 0.0:
+        return math.nan if s.mean == 0.0 else 0.0
+    return float(2.0 * _t.sf(abs(s.mean) / (s.std / math.sqrt(s.n)), s.n - 1))
+
+
+def _wilcoxon_p(diffs: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p (scipy; exact distribution for n ≤ 50 without ties or zeros).
+    With n pairs the smallest possible p is 2 / 2**n: 0.0625 at n = 5, so it rejects at 0.05 only
+    from n = 6 on."""
+    if len(diffs) < 2 or all(d == 0.0 for d in diffs):
+        return math.nan
+    from scipy.stats import wilcoxon
+
+    return float(wilcoxon(diffs, alternative="two-sided", zero_method="wilcox").pvalue)
 
 
 def _finite(value: float | None) -> bool:

@@ -5,12 +5,14 @@
   epoch and the test accuracy / macro-F1 / mAP *at that epoch*, over the seeds that finished
   (``TERMINATED``); the best cell of each column bold. Trials that did not finish are counted in
   their row and listed under the table, never averaged in and never dropped.
-* **Significance**: each variant minus the baseline, paired by seed, 95% paired t interval.
+* **Significance**: each variant minus the baseline, paired by seed: 95% paired t interval, paired t
+  p-value with Holm's adjustment across the table's comparisons, Wilcoxon signed-rank p-value.
 * **Per-modality**: unimodal accuracy inside the joint model and the final discrepancy ratio ρ^m.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +23,7 @@ from mmtune.report.data import (
     format_value,
     higher_is_better,
 )
-from mmtune.report.stats import PairedDifference, Summary, paired_t_interval, summarize
+from mmtune.report.stats import PairedDifference, Summary, holm, paired_t_interval, summarize
 from mmtune.store.schema import STOPPED_EARLY, TERMINATED
 
 __all__ = ["headroom_table", 
@@ -176,31 +178,50 @@ def find_baselines(variants: Sequence[Variant], axes: Sequence[str], baseline: s
 
 def significance_table(matches: Sequence[BaselineMatch], axes: Sequence[str], *, column: str = "test_acc",
                        paper_protocol: bool = False, confidence: float = 0.95) -> tuple[Table, list[PairedDifference]]:
-    """Variant − baseline of ``column`` per seed, paired t interval; the intervals that exclude 0 marked."""
+    """Variant − baseline of ``column`` per seed: the paired t interval, the paired t test's p with
+    Holm's adjustment across the table's comparisons, and the Wilcoxon signed-rank p. Bold: the
+    Holm-adjusted p below 1 − ``confidence``."""
+    alpha = 1.0 - confidence
     pct = f"{confidence:.0%}"
+    compared = [m for m in matches if m.baseline is not None]
+    diffs = [paired_t_interval(m.variant.seed_values(column), m.baseline.seed_values(column), confidence=confidence)
+             for m in compared]
+    adjusted = dict(zip(map(id, compared), holm([d.p_t for d in diffs]), strict=True))
+    family = sum(1 for d in diffs if _finite(d.p_t))
     header = [*_axis_header(axes), "baseline", "seeds paired", f"Δ {metric_name(column)} (mean ± sd)", f"{pct} CI",
-              "excludes 0"]
+              "p (paired t)", f"p, Holm ({family} comparison{'s' if family != 1 else ''})", "p (Wilcoxon)"]
     if paper_protocol:
         header += ["Δ test acc, test-selected (optimistic)", f"{pct} CI (optimistic)"]
-    rows, diffs = [], []
+    rows = []
+    by_match = dict(zip(map(id, compared), diffs, strict=True))
     for m in matches:
         cells = _axis_cells(m.variant, axes)
         if m.baseline is None:
-            cells += [Cell("no matching baseline"), Cell("0"), Cell("—"), Cell("—"), Cell("—")]
+            cells += [Cell("no matching baseline"), Cell("0"), *(Cell("—") for _ in range(5))]
             if paper_protocol:
                 cells += [Cell("—"), Cell("—")]
             rows.append(cells)
             continue
-        d = paired_t_interval(m.variant.seed_values(column), m.baseline.seed_values(column), confidence=confidence)
-        diffs.append(d)
-        cells += [Cell(m.baseline.name), Cell(str(d.n)), Cell(_diff_text(d)), Cell(_interval_text(d), bold=d.excludes_zero),
-                  Cell("yes" if d.excludes_zero else ("no" if d.has_interval else "—"), bold=d.excludes_zero)]
+        d, p_holm = by_match[id(m)], adjusted[id(m)]
+        cells += [Cell(m.baseline.name), Cell(str(d.n)), Cell(_diff_text(d)), Cell(_interval_text(d)),
+                  Cell(_p_text(d.p_t)), Cell(_p_text(p_holm), bold=_finite(p_holm) and p_holm < alpha),
+                  Cell(_p_text(d.p_wilcoxon))]
         if paper_protocol:
             o = paired_t_interval(m.variant.seed_values("max_test_acc"), m.baseline.seed_values("max_test_acc"),
                                   confidence=confidence)
-            cells += [Cell(_diff_text(o)), Cell(_interval_text(o), bold=o.excludes_zero)]
+            cells += [Cell(_diff_text(o)), Cell(_interval_text(o))]
         rows.append(cells)
     return Table(header=header, rows=rows, n_axes=len(_axis_header(axes))), diffs
+
+
+def _p_text(p: float) -> str:
+    if not _finite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _diff_text(d: PairedDifference) -> str:
