@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmtune.engine.trial import Trial, parse_trial_config
     from mmtune.errors import ConfigError
 
-    entries = ["joint", *(e.strip() for e in args.methods.split(",") if e.strip())]
+    entries = ["joint", *(e.strip() for e in re.split(r",(?![^\[]*\])", args.methods) if e.strip())]  # umt:teacher_epochs=[1,1]
     trials = {}
     try:
         for entry in entries:
