@@ -12,12 +12,14 @@
   [--smoke-test]`` — apply the overrides (``train.epochs=5 seeds=[0,1] alpha=0.5``), validate, then run the sweep with Ray Tune; live progress; Parquet tables under
   ``<storage>/<name>``. Exit 0 when every trial finished (or was stopped early by ASHA), 1 when some
   trial ended in ERROR (the others still ran), 2 for an invalid spec (nothing started or written).
+* ``mmtune example [NAME [DEST]]`` — list the shipped specs (``search_spaces/``, inside the installed package
+  too), or copy one out to edit. ``mmtune sweep``/``validate`` take a shipped spec by name from any folder.
 * ``mmtune resume DIR [--retry-errored] [--trust-pickles]`` — continue an interrupted sweep from its checkpoints
   (its pickles must carry your signing key's signatures: README, "Sharing sweep folders").
 * ``mmtune ls [STORAGE]`` — the sweeps under a storage path (default ``runs``), with status counts and progress.
 * ``mmtune report SWEEP [--out reports/<name>.md] [--metric val_acc] [--latex] [--paper-protocol]
-  [--baseline LABEL]`` — markdown ablation tables (mean ± std (n) over seeds, paired significance vs
-  the baseline) and plots, built from the stored tables only.
+  [--baseline LABEL] [--figures png,pdf,svg]`` — markdown ablation tables (mean ± std (n) over seeds,
+  paired significance vs the baseline) and plots, built from the stored tables only.
 
 Bad input exits 2 with a message naming the key, the rule and the fix; never a traceback.
 """
@@ -385,6 +387,39 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_example(args: argparse.Namespace) -> int:
+    """List the shipped sweep specs, or copy one out (to DEST, a file or a folder [./NAME.yaml]) to edit."""
+    import shutil
+    from pathlib import Path
+
+    from mmtune.sweep.spec import shipped_specs
+
+    specs = shipped_specs()
+    if args.name is None:
+        width = max((len(n) for n in specs), default=0)
+        for name, path in specs.items():
+            try:
+                description = (yaml.safe_load(path.read_text()) or {}).get("description") or ""
+            except (OSError, yaml.YAMLError, AttributeError):
+                description = ""
+            print(f"{name:<{width}}  {' '.join(str(description).split())}".rstrip())
+        print(f"copy one out: mmtune example NAME [DEST]   run one as it is: mmtune sweep NAME  ({len(specs)} specs)")
+        return 0
+    name = args.name.removesuffix(".yaml")
+    if name not in specs:
+        raise ConfigError(Problem("NAME", f"no shipped spec '{args.name}'.{did_you_mean(name, specs)} "
+                                          f"Shipped specs: {', '.join(specs)}."))
+    dest = Path(args.dest or ".")
+    if dest.is_dir() or str(args.dest).endswith(("/", os.sep)):
+        dest = dest / f"{name}.yaml"
+    if dest.exists() and not args.force:
+        raise ConfigError(Problem(str(dest), "already exists; nothing was written. Pass another DEST, or --force to replace it."))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(specs[name], dest)
+    print(f"{dest}: copied from the shipped spec '{name}'. Edit it, then: mmtune validate {dest} && mmtune sweep {dest}")
+    return 0
+
+
 def _sweep_exit(outcome, console) -> int:
     from rich.markup import escape
 
@@ -429,7 +464,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 # Bare override keys of a sweep that are spec keys, not method hyperparameters.
-SPEC_TOP_LEVEL = ("seeds", "name", "description", "max_concurrent", "max_failures", "checkpoint_every_s")
+SPEC_TOP_LEVEL = ("seeds", "name", "description", "max_concurrent", "max_failures", "checkpoint_every_s", "logging")
 
 
 def load_spec_with_overrides(path: str, overrides: Sequence[str]):
@@ -549,7 +584,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         path = write_report(args.sweep, out=args.out, metric=args.metric, latex=args.latex,
                             paper_protocol=args.paper_protocol, baseline=args.baseline, storage=args.storage,
-                            force=args.force)
+                            force=args.force, figures=args.figures)
     except (OSError, pa.ArrowException) as err:  # a full or read-only --out folder, a table damaged past the checks
         where = str(getattr(err, "filename", None) or args.out or args.sweep)
         if is_storage_error(err) or isinstance(err, PermissionError):
@@ -578,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(handler=cmd_methods)
 
     validate = verbs.add_parser("validate", help="check a sweep spec, list every problem")
-    validate.add_argument("spec", help="a YAML sweep spec (see search_spaces/)")
+    validate.add_argument("spec", help="a YAML sweep spec, or a shipped spec's name (quickstart; `mmtune example` lists them)")
     validate.set_defaults(handler=cmd_validate)
 
     prep = verbs.add_parser("prepare", help="decode a real dataset once into its cache", description=cmd_prepare.__doc__)
@@ -592,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mmtune.sweep.spec import DEFAULT_STORAGE
 
     sweep = verbs.add_parser("sweep", help="run a sweep spec with Ray Tune")
-    sweep.add_argument("spec", help="a YAML sweep spec (see search_spaces/)")
+    sweep.add_argument("spec", help="a YAML sweep spec, or a shipped spec's name (quickstart; `mmtune example` lists them)")
     sweep.add_argument("overrides", nargs="*", metavar="key=value",
                        help="change the spec without copying it: train.epochs=5 seeds=[0,1] alpha=0.5 (recorded in spec.json)")
     sweep.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder or URI (s3://…, gs://…) [runs]")
@@ -601,6 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
     sweep.add_argument("--smoke-test", action="store_true", help="≤2 epochs, small data, one seed: check a spec in seconds")
     sweep.set_defaults(handler=cmd_sweep)
+
+    example = verbs.add_parser("example", help="list the shipped sweep specs, or copy one out to edit",
+                               description=cmd_example.__doc__)
+    example.add_argument("name", nargs="?", help="a shipped spec (quickstart, amss_tau …) [list them]")
+    example.add_argument("dest", nargs="?", help="file or folder to copy it to [./NAME.yaml]")
+    example.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    example.set_defaults(handler=cmd_example)
 
     resume = verbs.add_parser("resume", help="continue an interrupted sweep")
     resume.add_argument("path", help="the sweep folder (<storage>/<name>)")
@@ -620,7 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep", help="a sweep folder (<storage>/<name>) or a sweep name under --storage")
     report.add_argument("--out", help="markdown file to write [reports/<name>.md]")
     report.add_argument("--metric", default="val_acc", help="validation metric that selects the best epoch [val_acc]")
-    report.add_argument("--latex", action="store_true", help="also write the ablation table as booktabs LaTeX")
+    report.add_argument("--latex", action="store_true",
+                        help="also write every table as paper-style booktabs LaTeX (<out>.tex)")
+    report.add_argument("--figures", default="png", metavar="FORMATS",
+                        help="comma-separated figure formats, any of png,pdf,svg (pdf/svg: vector, for papers) [png]")
     report.add_argument("--paper-protocol", action="store_true",
                         help="add the optimistic test-selected column (max over epochs of test acc), labelled")
     report.add_argument("--baseline", help="variant label the others are compared with [joint]")

@@ -156,6 +156,10 @@ class UME(BalancingMethod):
         eye = torch.eye(len(self.modalities), device=self.device)
         self._onehot = {m: eye[i] for i, m in enumerate(self.modalities)}
 
+    @classmethod
+    def min_epochs(cls, config: UMEConfig, modalities: list[str]) -> int:
+        return len(modalities) if config.stage_epochs is None else sum(config.stage_epochs)
+
     def stages(self, epochs: int) -> tuple[Stage, ...]:
         budgets = stage_budgets(epochs, self.modalities, self.config.stage_epochs)
         return tuple(Stage(m, e, fresh_optimizer=True) for m, e in zip(self.modalities, budgets, strict=True))

@@ -224,6 +224,11 @@ class UMT(BalancingMethod):
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self._heads.parameters())
 
+    @classmethod
+    def min_epochs(cls, config: UMTConfig, modalities: list[str]) -> int:
+        teachers = config.teacher_epochs
+        return (len(modalities) if teachers is None else sum(teachers)) + 1
+
     def stages(self, epochs: int) -> tuple[Stage, ...]:
         teachers, student = stage_budgets(epochs, self.modalities, self.config.teacher_epochs)
         return (*(Stage(teacher_stage(m), e, fresh_optimizer=True) for m, e in zip(self.modalities, teachers, strict=True)),

@@ -174,7 +174,7 @@ class TraceMeter:
 HOOKS = frozenset({
     "bind", "extra_parameters", "in_window", "stages", "select_modalities", "hyperparameters", "train_indices",
     "begin_epoch", "end_epoch", "before_forward", "loss", "extra_loss", "modulate_gradients", "after_step",
-    "state_dict", "load_state_dict", "substeps", "predict", "epoch_indices",
+    "state_dict", "load_state_dict", "substeps", "predict", "epoch_indices", "min_epochs",
 })
 
 
@@ -251,6 +251,12 @@ class BalancingMethod:
     def stages(self, epochs: int) -> tuple[Stage, ...]:
         """The schedule of a trial of ``epochs`` epochs; one stage unless the method has several."""
         return (Stage("train", epochs),)
+
+    @classmethod
+    def min_epochs(cls, config: MethodConfig, modalities: list[str]) -> int:
+        """The fewest epochs a trial of this method can have (a stage per modality needs one each); a
+        smoke test (``mmtune sweep --smoke-test``) runs at least this many."""
+        return 1
 
     def train_indices(self, n: int, generator: torch.Generator) -> Tensor | None:
         """Indices into the training split (``n`` samples) of the samples the loop trains on; None (the

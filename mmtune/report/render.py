@@ -1,10 +1,12 @@
-"""``write_report``: a sweep's stored tables → ``reports/<name>.md`` (+ PNG plots, + optional LaTeX).
+"""``write_report``: a sweep's stored tables → ``reports/<name>.md`` (+ figures in PNG and, on request,
+PDF/SVG; + optional LaTeX).
 
 Layout of the markdown, top to bottom: header (sweep, description, dates, command, search, trials by
 status, compute time, versions, hardware, the spec in a collapsed block), ablation table, paired
-significance against the baseline, per-modality table, curves, method traces, sensitivity plots,
-Optuna importances (Optuna sweeps), and the LaTeX table (``latex=True``). Each table is followed by
-the line that says where its numbers come from.
+significance against the baseline, headroom, per-modality table, curves (overall and per modality),
+method traces, sensitivity plots, Optuna importances (Optuna sweeps), and every table again as
+paper-style LaTeX (``latex=True``: booktabs, short headers, display names, n in the caption, bold only
+for a unique best). Each table is followed by the line that says where its numbers come from.
 """
 
 from __future__ import annotations
@@ -39,15 +41,17 @@ from mmtune.report.tables import (
     Cell,
     Table,
     ablation_table,
+    display_name,
     headroom_table,
     find_baselines,
     format_summary,
     metric_name,
     modality_table,
     significance_table,
+    tex_escape,
 )
 
-__all__ = ["write_report", "render_markdown_table", "render_latex_table", "DEFAULT_BASELINE"]
+__all__ = ["write_report", "render_markdown_table", "render_latex_table", "check_figures", "DEFAULT_BASELINE"]
 
 DEFAULT_BASELINE = "joint"
 TEST_COLUMNS = ("test_acc", "test_macro_f1", "test_map")
@@ -78,49 +82,73 @@ def render_markdown_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_TEX_UNICODE = {"—": "--", "−": "$-$", "±": r"$\pm$", "ρ": r"$\rho$", "Δ": r"$\Delta$", "…": r"\dots{}",
-                "≥": r"$\geq$", "·": r"$\cdot$"}
+_NUMERIC_TEXT = re.compile(r"^[\s0-9.,+\-−±\[\]<]+$")
 
 
-def tex_escape(text: str) -> str:
-    out = "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
-    for k, v in _TEX_UNICODE.items():
-        out = out.replace(k, v)
-    return out
+def _tex_text(text: str, *, bold: bool = False) -> str:
+    """A text cell: numbers (``+0.050 ± 0.020``, ``[-0.01, +0.09]``, ``< 0.001``) as math, the rest escaped."""
+    if text in ("", "—"):
+        return "--" if text else ""
+    if _NUMERIC_TEXT.match(text) and any(ch.isdigit() for ch in text):
+        body = text.replace("−", "-").replace("±", r"\pm").strip()
+        return rf"$\mathbf{{{body}}}$" if bold else f"${body}$"
+    return rf"\textbf{{{tex_escape(text)}}}" if bold else tex_escape(text)
 
 
-def _tex_cell(cell: Cell) -> str:
-    if cell.summary is None:
-        return tex_escape(cell.text) if not cell.bold else rf"\textbf{{{tex_escape(cell.text)}}}"
+def _tex_summary(cell: Cell, *, bold: bool, n_common: int | None) -> str:
+    r"""``$0.700 \pm 0.100$``: n goes to the caption; a cell whose n differs from it says so in a superscript."""
     s, d = cell.summary, cell.digits
-    if s.n == 0:
+    if s is None or s.n == 0:
         return "--"
     body = f"{s.mean:.{d}f}" if s.n == 1 else rf"{s.mean:.{d}f} \pm {s.std:.{d}f}"
-    body = rf"\mathbf{{{body}}}" if cell.bold else body
-    return f"${body}$ " + ("(n=1)" if s.n == 1 else f"({s.n})")
+    body = rf"\mathbf{{{body}}}" if bold else body
+    return f"${body}$" + ("" if s.n == n_common else rf"\textsuperscript{{$n={s.n}$}}")
 
 
-def render_latex_table(table: Table, *, caption: str, label: str, provenance: str) -> str:
-    """A booktabs table (``\\toprule``/``\\midrule``/``\\bottomrule``); needs ``\\usepackage{booktabs}``."""
-    spec = "l" * table.n_axes + "c" * (len(table.header) - table.n_axes)
-    lines = [
-        f"% {provenance}",
-        "% needs \\usepackage{booktabs}",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{caption}}}",
-        rf"\label{{{label}}}",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(tex_escape(h) for h in table.header) + r" \\",
-        r"\midrule",
-        *(" & ".join(_tex_cell(c) for c in row) + r" \\" for row in table.rows),
-        r"\bottomrule",
-        r"\end{tabular}",
-        r"\end{table}",
-    ]
+def _common_n(table: Table, columns: Sequence[int]) -> int | None:
+    ns = [r[i].summary.n for r in table.rows for i in columns if r[i].summary is not None and r[i].summary.n > 0]
+    return max(set(ns), key=lambda n: (ns.count(n), n)) if ns else None
+
+
+def render_latex_table(table: Table, *, caption: str, label: str, provenance: str | None = None) -> str:
+    r"""The table in paper style: booktabs rules (``\usepackage{booktabs}``), short headers, display names,
+    ``mean $\pm$ std`` cells with n in the caption, bold only for a unique best, and footnote-like caption
+    sentences (unfinished trials, protocol). ``caption`` is plain text (escaped here)."""
+    columns = table.latex or [(i, tex_escape(h)) for i, h in enumerate(table.header)]
+    n_axes = sum(1 for i, _ in columns if i < table.n_axes)
+    indices = [i for i, _ in columns]
+    n_common = _common_n(table, indices)
+    unique_best = {i for i in indices
+                   if sum(1 for r in table.rows if r[i].bold and r[i].summary is not None) == 1}
+
+    def cell(row: list[Cell], i: int) -> str:
+        c = row[i]
+        if c.summary is not None:
+            return _tex_summary(c, bold=c.bold and i in unique_best, n_common=n_common)
+        if i < table.n_axes and (not table.axes or table.axes[i] in ("label", "method")):
+            return tex_escape(display_name(c.text))
+        return _tex_text(c.text, bold=c.bold)
+
+    sentences = [caption.rstrip()]
+    if n_common is not None:
+        varies = any(r[i].summary is not None and 0 < r[i].summary.n != n_common for r in table.rows for i in indices)
+        sentences.append(f"Mean ± sample std over n = {n_common} seeds"
+                         + (" (superscript: n where it differs)." if varies else "."))
+    sentences += table.latex_notes
+    lines = [f"% {provenance}"] if provenance else []
+    lines += [r"\begin{table}[t]", r"\centering", r"\small",
+              rf"\caption{{{tex_escape(' '.join(sentences))}}}", rf"\label{{{label}}}",
+              rf"\begin{{tabular}}{{{'l' * n_axes + 'c' * (len(columns) - n_axes)}}}", r"\toprule"]
+    if table.latex_groups:
+        spans, rules, at = ["" for _ in range(n_axes)], [], n_axes + 1
+        for name, width in table.latex_groups:
+            spans.append(rf"\multicolumn{{{width}}}{{c}}{{{name}}}")
+            rules.append(rf"\cmidrule(lr){{{at}-{at + width - 1}}}")
+            at += width
+        lines += [" & ".join(spans) + r" \\", "".join(rules)]
+    lines += [" & ".join(h for _, h in columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(row, i) for i in indices) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -253,7 +281,7 @@ def _check_overwrite(out_path: Path, data: SweepData, force: bool) -> None:
 
 
 def _baseline_section(variants: Sequence[Variant], axes: Sequence[str], baseline: str | None, explicit: bool,
-                      paper_protocol: bool, data: SweepData, column: str) -> list[str]:
+                      paper_protocol: bool, data: SweepData, column: str) -> tuple[list[str], Table | None]:
     base, matches = find_baselines(variants, axes, baseline or DEFAULT_BASELINE)
     name = baseline or DEFAULT_BASELINE
     lines = [f"## Significance against the baseline ({name})", ""]
@@ -264,9 +292,9 @@ def _baseline_section(variants: Sequence[Variant], axes: Sequence[str], baseline
                                       f"Pass a variant label or name: {', '.join(labels)}."))
         shown = ", ".join(_code(x) for x in labels[:12]) + (f" … ({len(labels) - 12} more)" if len(labels) > 12 else "")
         return lines + [f"No variant labelled `{name}` in this sweep, so nothing is compared; pass `--baseline LABEL` "
-                        f"to compare against one of: {shown}.", ""]
+                        f"to compare against one of: {shown}.", ""], None
     if not matches:
-        return lines + ["Every variant of this sweep is the baseline: nothing to compare.", ""]
+        return lines + ["Every variant of this sweep is the baseline: nothing to compare.", ""], None
     table, _ = significance_table(matches, axes, column="test_acc", paper_protocol=paper_protocol)
     lines += [
         f"Difference in test accuracy at the best-validation epoch, variant − `{name}`, **paired by seed** (only seeds "
@@ -281,7 +309,7 @@ def _baseline_section(variants: Sequence[Variant], axes: Sequence[str], baseline
         _provenance(data, column),
         "",
     ]
-    return lines
+    return lines, table
 
 
 def _plot_lines(figures: Sequence[plots.Plot], out_dir: Path) -> list[str]:
@@ -289,14 +317,20 @@ def _plot_lines(figures: Sequence[plots.Plot], out_dir: Path) -> list[str]:
     lines = []
     for p in figures:
         rel = os.path.relpath(p.path, out_dir).replace(os.sep, "/")
-        lines += [f"![{p.title}]({rel})", "", f"*{p.caption}*", ""]
+        others = [os.path.relpath(f, out_dir).replace(os.sep, "/") for f in p.files if f != p.path]
+        links = ", ".join(f"[{Path(o).suffix[1:].upper()}]({o})" for o in others)
+        also = f" Also as {links}." if others else ""
+        lines += [f"![{p.title}]({rel})", "", f"*{p.caption}{also}*", ""]
     return lines
 
 
 def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc", latex: bool = False,
                  paper_protocol: bool = False, baseline: str | None = None, storage: str = "runs",
-                 force: bool = False) -> Path:
-    """Write the markdown report of a sweep (and its PNG plots, and ``<name>.tex`` with ``latex``).
+                 force: bool = False, figures: Sequence[str] = ("png",)) -> Path:
+    """Write the markdown report of a sweep (and its figures, and ``<name>.tex`` with ``latex``).
+
+    ``figures``: the formats each figure is written in (``png``, ``pdf``, ``svg``); the markdown shows
+    the PNG (else the SVG) and links the others. ``latex``: every table in paper style (booktabs).
 
     ``sweep`` is a sweep folder (path or URI) or a sweep name under ``storage``. Default output:
     ``reports/<name>.md`` with plots in ``reports/<name>_files/``. Returns the markdown path.
@@ -304,6 +338,7 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
     ``metric``, an unknown ``baseline``, and an existing file that is not this sweep's own report
     (its first line names the sweep and its creation time) unless ``force``.
     """
+    formats = check_figures(figures)
     data = load_sweep(sweep, storage=storage)
     column = check_metric(data, metric)
     now = dt.datetime.now().astimezone()
@@ -337,11 +372,17 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
                   "trials, and *optimism* its gain over the honest column, so you can see how much of a published gap is "
                   "protocol. It is never bold and never used to select anything.", ""]
     lines += [render_markdown_table(ablation), "", provenance, ""]
+    name = data.name
+    latex_tables: list[tuple[Table | None, str, str]] = [
+        (ablation, f"Ablation on sweep {name}: {metric_name(column)} at each trial's best epoch and the test metrics "
+                   "at that epoch; bold: the unique best of its column.", "ablation")]
     if ablation.notes:
         lines += ["Not in the means:", "", *(f"- {n}" for n in ablation.notes), ""]
 
     # -- significance
-    lines += _baseline_section(variants, axes, baseline, baseline is not None, paper_protocol, data, column)
+    section, significance = _baseline_section(variants, axes, baseline, baseline is not None, paper_protocol, data,
+                                              column)
+    lines += section
 
     # -- headroom (synthetic data: the Bayes limit; joint and ume: the gap balancing can recover)
     limits = {c: float(data.epochs[c].dropna().iloc[0]) for c in data.epochs.columns
@@ -350,7 +391,10 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
         per_mod = ", ".join(f"{k.split('/')[1]} alone {v:.3f}" for k, v in limits.items() if "/" in k)
         lines += [f"**Bayes limit** of the generative model (its exact posterior, Monte Carlo over 10⁵ draws): "
                   f"joint {limits.get('bayes_acc', float('nan')):.3f}" + (f"; {per_mod}" if per_mod else "") + ".", ""]
+    latex_tables.append((significance, f"Test accuracy against the baseline on sweep {name}.", "significance"))
     headroom = headroom_table(variants, axes, limits)
+    latex_tables.append((headroom, f"Headroom on sweep {name}: the joint → uni-modal ensemble gap each variant "
+                                   "recovers.", "headroom"))
     if headroom is not None:
         lines += ["## Headroom", "",
                   "The uni-modal ensemble (`ume`: each modality trained alone, logits summed) is what training the "
@@ -362,26 +406,32 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
     available = [c for c in outcomes.columns if "/" in c]
     if mods:
         table = modality_table(variants, axes, mods, available)
+        latex_tables.append((table, f"Per-modality accuracy on sweep {name}.", "modalities"))
         lines += ["## Per-modality", "",
                   "Accuracy of each modality's own prediction inside the joint model (`val_acc/<m>`, `test_acc/<m>`) at "
                   "the best-validation epoch, and the discrepancy ratio ρ^m (`imbalance/<m>`, on validation) at the "
                   "last epoch.", "", render_markdown_table(table), "", provenance, ""]
 
     # -- plots
-    for stale in files.glob("*.png") if files.is_dir() else []:
+    for stale in [f for fmt in plots.FORMATS for f in files.glob(f"*.{fmt}")] if files.is_dir() else []:
         stale.unlink()  # the folder is the report's own: no plot from an earlier run lingers
+    base_labels = [baseline or DEFAULT_BASELINE]
+    look = {"axes": axes, "rank": column, "baselines": base_labels, "formats": formats}
     curves = []
     for c in ["val_acc"] + ([column] if column != "val_acc" else []):
-        curve = plots.curve_plot(files / f"curve_{plots.safe_name(c)}.png", variants, data.epochs, c)
+        curve = plots.curve_plot(files / f"curve_{plots.safe_name(c)}.png", variants, data.epochs, c, **look)
         curves += [curve] if curve else []
+    per_modality = plots.modality_curve_plot(files / "curve_val_acc_per_modality.png", variants, data.epochs, mods,
+                                             unimodal=_unimodal_variants(data, variants, mods), **look)
+    curves += [per_modality] if per_modality else []
     if curves:
         lines += ["## Curves", "", *_plot_lines(curves, out_path.parent)]
-    traces = plots.trace_plots(files, variants, data.epochs)
+    traces = plots.trace_plots(files, variants, data.epochs, methods=_variant_methods(data, variants), **look)
     if traces:
         lines += ["## Method traces", "", *_plot_lines(traces, out_path.parent)]
     base_variants = [v for v in variants if v.label == (baseline or DEFAULT_BASELINE)]
     sensitivity = plots.sensitivity_plots(files, variants, axes, column="test_acc", algorithm=data.algorithm,
-                                          domains=spec_domains(data.spec), baselines=base_variants)
+                                          domains=spec_domains(data.spec), baselines=base_variants, formats=formats)
     if sensitivity:
         lines += ["## Sensitivity", "", *_plot_lines(sensitivity, out_path.parent)]
 
@@ -398,7 +448,7 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
         lines += [how, ""]
         if imp.values:
             plot = plots.importance_plot(files / "optuna_importances.png", imp.values, evaluator=imp.evaluator,
-                                         n_configs=imp.n_configs)
+                                         n_configs=imp.n_configs, formats=formats)
             lines += ["| parameter | importance |", "|---|---:|",
                       *(f"| `{k}` | {v:.3f} |" for k, v in imp.values.items()), ""]
             lines += _plot_lines([plot], out_path.parent)
@@ -411,26 +461,76 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
 
     # -- LaTeX
     if latex:
-        tex = render_latex_table(
-            ablation,
-            caption=tex_caption(data, column),
-            label=f"tab:{re.sub(r'[^A-Za-z0-9:_-]+', '-', data.name)}",
-            provenance=_plain_provenance(data),
-        )
+        tex = _latex_document(data, column, [(t, c, k) for t, c, k in latex_tables if t is not None])
         tex_path = out_path.with_suffix(".tex")
         tex_path.parent.mkdir(parents=True, exist_ok=True)
         tex_path.write_text(tex)
-        lines += ["## LaTeX", "", f"The ablation table as booktabs LaTeX (also in `{tex_path.name}`):", "", "```latex",
-                  tex.rstrip(), "```", ""]
+        lines += ["## LaTeX", "", f"Every table above in paper style (booktabs; also in `{tex_path.name}`, which needs "
+                  "`\\usepackage{booktabs}`):", "", "```latex", tex.rstrip(), "```", ""]
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines).rstrip() + "\n")
     return out_path
 
 
-def tex_caption(data: SweepData, column: str) -> str:
-    return tex_escape(f"Ablation on sweep {data.name}: mean ± sample std over seeds, (n) = seeds that finished; "
-                      f"test metrics at the epoch with the best {column} (validation); bold = best per column.")
+def _latex_document(data: SweepData, column: str, tables: Sequence[tuple[Table, str, str]]) -> str:
+    """Every table of the report as a booktabs ``table`` environment, one after the other."""
+    stem = re.sub(r"[^A-Za-z0-9:_-]+", "-", data.name)
+    parts = [f"% {_plain_provenance(data)}", "% needs \\usepackage{booktabs}", ""]
+    for table, caption, key in tables:
+        parts.append(render_latex_table(table, caption=caption, label=f"tab:{stem}-{key}"))
+    return "\n".join(parts)
+
+
+def check_figures(figures: Sequence[str] | str) -> list[str]:
+    """``png,pdf`` or ``["png", "pdf"]`` → the formats, validated (ConfigError naming the known ones)."""
+    items = figures.split(",") if isinstance(figures, str) else list(figures)
+    formats = list(dict.fromkeys(f.strip().lower().lstrip(".") for f in items if f.strip()))
+    unknown = [f for f in formats if f not in plots.FORMATS]
+    if unknown or not formats:
+        raise ConfigError(Problem("--figures", f"unknown figure format(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                                  f"give a comma-separated list of {', '.join(plots.FORMATS)} (e.g. png,pdf)."))
+    return formats
+
+
+def _variant_methods(data: SweepData, variants: Sequence[Variant]) -> dict[str, str]:
+    """Variant name → the method its trials ran (``ogm`` for the label ``ogm-ge``), for the trace titles."""
+    if "method" not in data.trials.columns:
+        return {}
+    method_of = dict(zip(data.trials["trial_id"], data.trials["method"].astype(object), strict=True))
+    found = {}
+    for v in variants:
+        ran = {str(method_of.get(t)) for t in v.trials["trial_id"] if method_of.get(t) is not None}
+        if len(ran) == 1:
+            found[v.name] = ran.pop()
+    return found
+
+
+def _unimodal_variants(data: SweepData, variants: Sequence[Variant], mods: Sequence[str]) -> list[tuple[Variant, str]]:
+    """The uni-modal baselines (method ``unimodal``: one modality trained alone) and their modality, from
+    the trial's ``params.modality`` (config) or else the one ``val_acc/<m>`` column its epochs fill."""
+    methods = _variant_methods(data, variants)
+    configs = dict(zip(data.trials["trial_id"], data.trials["config_json"], strict=True)) \
+        if "config_json" in data.trials.columns else {}
+    found = []
+    for v in variants:
+        if methods.get(v.name) != "unimodal":
+            continue
+        modality = None
+        for tid in v.trials["trial_id"]:
+            try:
+                modality = (json.loads(configs.get(tid) or "{}").get("params") or {}).get("modality")
+            except (ValueError, AttributeError):
+                modality = None
+            if modality:
+                break
+        if not modality:
+            rows = data.epochs[data.epochs["trial_id"].isin(v.trials["trial_id"])]
+            filled = [m for m in mods if f"val_acc/{m}" in rows.columns and rows[f"val_acc/{m}"].notna().any()]
+            modality = filled[0] if len(filled) == 1 else None
+        if modality in mods:
+            found.append((v, str(modality)))
+    return found
 
 
 def _plain_provenance(data: SweepData) -> str:

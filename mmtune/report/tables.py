@@ -26,13 +26,78 @@ from mmtune.report.data import (
 from mmtune.report.stats import PairedDifference, Summary, holm, paired_t_interval, summarize
 from mmtune.store.schema import STOPPED_EARLY, TERMINATED
 
-__all__ = ["headroom_table", 
+__all__ = [
     "Cell", "Table", "DIGITS", "METRIC_NAMES", "metric_name", "ablation_table", "significance_table",
-    "modality_table", "format_summary", "find_baselines", "BaselineMatch",
+    "modality_table", "headroom_table", "format_summary", "find_baselines", "BaselineMatch", "DISPLAY_NAMES",
+    "display_name", "variant_display", "tex_escape",
 ]
 
 DIGITS = 3
 METRIC_NAMES = {"acc": "acc", "macro_f1": "macro-F1", "map": "mAP"}
+
+# How papers write each registered method (``mmtune methods``) and the labels the shipped specs use.
+DISPLAY_NAMES = {
+    "joint": "Joint", "unimodal": "Uni-modal", "ume": "UME", "umt": "UMT",
+    "ogm": "OGM", "ogm-ge": "OGM-GE", "ogm_ge": "OGM-GE", "ogm*": "OGM*", "opm": "OPM",
+    "opm+ogm": "OPM+OGM", "opm_ogm": "OPM+OGM", "opm+amss": "OPM+AMSS", "aim+ogm": "AIM+OGM",
+    "amss": "AMSS", "amss+": "AMSS+", "aim": "AIM", "pmr": "PMR", "agm": "AGM", "mbsd": "MBSD", "lfm": "LFM",
+    "reconboost": "ReconBoost", "valuation": "Valuation", "relearn": "Re-learning", "mla": "MLA", "amco": "AMCo",
+    "greedy": "Greedy", "cml": "CML", "gblending": "G-Blending", "mmcosine": "MMCosine", "mmpareto": "MMPareto",
+}
+
+
+def display_name(label: str) -> str:
+    """``amss+`` → ``AMSS+``, ``opm+ogm`` → ``OPM+OGM``, ``unimodal-audio`` → ``Uni-modal (audio)``; unknown
+    identifiers upper-case, anything else (``all trials``) unchanged."""
+    key = label.strip()
+    if key.lower() in DISPLAY_NAMES:
+        return DISPLAY_NAMES[key.lower()]
+    if "+" in key.strip("+"):
+        return "+".join(display_name(part) for part in key.split("+"))
+    head, sep, tail = key.partition("-")
+    if sep and head.lower() in DISPLAY_NAMES and tail:
+        return f"{DISPLAY_NAMES[head.lower()]} ({tail})"
+    return key.upper() if key and all(ch.isalnum() or ch in "-_+*" for ch in key) else key
+
+
+def variant_display(variant: Variant) -> str:
+    """A variant for a caption: ``OGM-GE, alpha=0.5`` (display name of its label, then the other axes)."""
+    parts = []
+    for axis, value in variant.values.items():
+        if value is None:
+            continue
+        parts.append(display_name(format_value(value)) if axis in ("label", "method")
+                     else f"{axis_label(axis)}={format_value(value)}")
+    return ", ".join(parts) or display_name(variant.name)
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "<": r"$<$", ">": r"$>$"}
+_TEX_UNICODE = {"—": "--", "−": "$-$", "±": r"$\pm$", "Δ": r"$\Delta$", "…": r"\dots{}", "≥": r"$\geq$",
+                "≤": r"$\leq$", "·": r"$\cdot$", "→": r"$\to$", "×": r"$\times$", "α": r"$\alpha$",
+                "β": r"$\beta$", "γ": r"$\gamma$", "κ": r"$\kappa$", "λ": r"$\lambda$", "μ": r"$\mu$",
+                "ρ": r"$\rho$", "σ": r"$\sigma$", "τ": r"$\tau$", "ξ": r"$\xi$"}
+
+
+def tex_escape(text: str) -> str:
+    """Plain text → LaTeX text mode: ``_ % & # $ { } ~ ^ \\ < >`` escaped, the report's Unicode symbols as math."""
+    out = "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+    for k, v in _TEX_UNICODE.items():
+        out = out.replace(k, v)
+    return out
+
+
+_GREEK = ("alpha", "beta", "gamma", "delta", "epsilon", "kappa", "lambda", "mu", "rho", "sigma", "tau", "xi", "eta")
+_TEX_PARAM = {"lam": r"$\lambda$", **{g: f"${chr(92)}{g}$" for g in _GREEK}}
+
+
+def _tex_axis_header(axes: Sequence[str]) -> list[str]:
+    """``label`` → Method, ``params.tau`` → the Greek letter in math, ``params.q_base`` → escaped ``q_base``."""
+    if not axes:
+        return ["Method"]
+    return ["Method" if a in ("label", "method") else _TEX_PARAM.get(axis_label(a), tex_escape(axis_label(a)))
+            for a in axes]
 
 
 def metric_name(column: str) -> str:
@@ -59,6 +124,12 @@ class Table:
     rows: list[list[Cell]]
     n_axes: int  # the first columns name the variant (left-aligned)
     notes: list[str] = field(default_factory=list)  # footnotes, rendered under the table
+    # The paper-style LaTeX rendering: which columns it keeps, with their short LaTeX headers (the axis
+    # columns first), header groups spanning the kept value columns, and plain-text caption sentences.
+    latex: list[tuple[int, str]] = field(default_factory=list)
+    latex_groups: list[tuple[str, int]] = field(default_factory=list)
+    latex_notes: list[str] = field(default_factory=list)
+    axes: list[str] = field(default_factory=list)  # the variant-naming columns' keys (label/method get display names)
 
 
 def format_summary(s: Summary, *, digits: int = DIGITS) -> str:
@@ -106,6 +177,7 @@ def ablation_table(variants: Sequence[Variant], axes: Sequence[str], *, selectio
     header = [*_axis_header(axes), *(h for _, h, _ in columns), "seeds finished", "not in mean"]
     rows: list[list[Cell]] = []
     notes: list[str] = []
+    unfinished = [f"{variant_display(v)}: {_not_in_mean(v)}" for v in variants if _not_in_mean(v) != "—"]
     for variant in variants:
         done = variant.finished()
         cells = _axis_cells(variant, axes)
@@ -123,7 +195,22 @@ def ablation_table(variants: Sequence[Variant], axes: Sequence[str], *, selectio
     for i, (key, _, bold) in enumerate(columns):
         if bold:
             _bold_best(rows, n_axes + i, higher_is_better(key))
-    return Table(header=header, rows=rows, n_axes=n_axes, notes=notes)
+    latex = [*enumerate(_tex_axis_header(axes)),
+             *((n_axes + i, _SHORT.get(key, tex_escape(metric_name(key)))) for i, (key, _, _) in enumerate(columns)
+               if key != "protocol_gap")]
+    latex_notes = []
+    if paper_protocol:
+        latex_notes.append("Test (max): the maximum over epochs of test accuracy, the official implementations' "
+                           "protocol (selected on test, optimistic; never bold).")
+    if unfinished:
+        latex_notes.append("Not in the means (did not finish): " + "; ".join(unfinished) + ".")
+    return Table(header=header, rows=rows, n_axes=n_axes, notes=notes, latex=latex, latex_notes=latex_notes,
+                 axes=list(axes))
+
+
+# Short LaTeX headers of the ablation table's columns.
+_SHORT = {"val_acc": "Val", "val_macro_f1": "Val F1", "val_map": "Val mAP", "val_loss": "Val loss",
+          "test_acc": "Test", "test_macro_f1": "F1", "test_map": "mAP", "max_test_acc": "Test (max)"}
 
 
 def _unfinished_notes(variant: Variant) -> list[str]:
@@ -211,7 +298,26 @@ def significance_table(matches: Sequence[BaselineMatch], axes: Sequence[str], *,
                                   confidence=confidence)
             cells += [Cell(_diff_text(o)), Cell(_interval_text(o))]
         rows.append(cells)
-    return Table(header=header, rows=rows, n_axes=len(_axis_header(axes))), diffs
+    n_axes = len(_axis_header(axes))
+    latex = list(enumerate(_tex_axis_header(axes)))
+    if len({m.baseline.name for m in compared}) > 1 or len(compared) < len(matches):
+        latex.append((n_axes, "Baseline"))
+    latex += [(n_axes + 2, rf"$\Delta$ {_SHORT.get(column, tex_escape(metric_name(column)))}"),
+              (n_axes + 3, f"{pct} CI".replace("%", r"\%")), (n_axes + 4, "$p_t$"),
+              (n_axes + 5, r"$p_{\mathrm{Holm}}$"), (n_axes + 6, r"$p_{\mathrm{W}}$")]
+    if paper_protocol:
+        latex.append((n_axes + 7, r"$\Delta$ Test (max)"))
+    pairs = sorted({d.n for d in diffs})
+    bases = sorted({variant_display(m.baseline) for m in compared})
+    notes = [f"Baseline: {', '.join(bases) or 'none'}; "
+             + (f"n = {pairs[0]} seeds paired per row" if len(pairs) == 1 else
+                f"{pairs[0]} to {pairs[-1]} seeds paired per row") + "."] if compared else []
+    notes.append(f"Paired by seed: mean ± sd of the difference, its {pct} paired t interval; p: paired t test "
+                 f"(p_t), Holm-adjusted across the {family} comparisons (bold below {alpha:.2f}), Wilcoxon "
+                 "signed-rank (p_W).")
+    if paper_protocol:
+        notes.append("Test (max): the same difference of the maximum over epochs of test accuracy (optimistic).")
+    return Table(header=header, rows=rows, n_axes=n_axes, latex=latex, latex_notes=notes, axes=list(axes)), diffs
 
 
 def _p_text(p: float) -> str:
@@ -243,19 +349,30 @@ def modality_table(variants: Sequence[Variant], axes: Sequence[str], mods: Seque
                    available: Sequence[str]) -> Table:
     """Per modality: val/test accuracy of its own prediction (and of its linear probe, with
     train.probe=true) at the best-validation epoch, and ρ^m at the last epoch."""
-    keys: list[tuple[str, str]] = []
+    keys: list[tuple[str, str, str]] = []
+    groups: list[tuple[str, int]] = []
     for m in mods:
-        for key, head in ((f"val_acc/{m}", f"val acc {m}"), (f"test_acc/{m}", f"test acc {m}"),
-                          (f"val_probe/{m}", f"val probe {m}"), (f"test_probe/{m}", f"test probe {m}"),
-                          (f"imbalance/{m}", f"ρ {m} (final)")):
+        before = len(keys)
+        for key, head, short in ((f"val_acc/{m}", f"val acc {m}", "Val"), (f"test_acc/{m}", f"test acc {m}", "Test"),
+                                 (f"val_probe/{m}", f"val probe {m}", "Probe val"),
+                                 (f"test_probe/{m}", f"test probe {m}", "Probe test"),
+                                 (f"imbalance/{m}", f"ρ {m} (final)", r"$\rho^m$")):
             if key in available:
-                keys.append((key, head))
-    header = [*_axis_header(axes), *(h for _, h in keys)]
+                keys.append((key, head, short))
+        if len(keys) > before:
+            groups.append((tex_escape(m.capitalize()), len(keys) - before))
+    header = [*_axis_header(axes), *(h for _, h, _ in keys)]
     rows = []
     for v in variants:
         done = v.finished()
-        rows.append(_axis_cells(v, axes) + [Cell(summary=summarize(done[k].tolist())) for k, _ in keys])
-    return Table(header=header, rows=rows, n_axes=len(_axis_header(axes)))
+        rows.append(_axis_cells(v, axes) + [Cell(summary=summarize(done[k].tolist())) for k, _, _ in keys])
+    n_axes = len(_axis_header(axes))
+    latex = [*enumerate(_tex_axis_header(axes)), *((n_axes + i, short) for i, (_, _, short) in enumerate(keys))]
+    notes = ["Accuracy of each modality's own prediction inside the joint model at the best-validation epoch"
+             + ("; ρ: the discrepancy ratio on validation at the last epoch." if any(k.startswith("imbalance/")
+                                                                                      for k, _, _ in keys) else ".")]
+    return Table(header=header, rows=rows, n_axes=n_axes, latex=latex, latex_groups=groups, latex_notes=notes,
+                 axes=list(axes))
 
 
 def headroom_table(variants: Sequence[Variant], axes: Sequence[str], limits: dict[str, float], *,
@@ -291,4 +408,9 @@ def headroom_table(variants: Sequence[Variant], axes: Sequence[str], limits: dic
             continue
         recovered = "—" if variant.label == joint else ("gap ≤ 0" if gap <= 0 else f"{(acc - base) / gap:.2f}")
         rows.append([*_axis_cells(variant, axes), Cell(f"{acc:.3f}"), Cell(f"{acc - base:+.3f}"), Cell(recovered)])
-    return Table(header=header, rows=rows, n_axes=len(_axis_header(axes)), notes=[])
+    n_axes = len(_axis_header(axes))
+    latex = [*enumerate(_tex_axis_header(axes)), (n_axes, "Test"), (n_axes + 1, rf"$\Delta$ vs {display_name(joint)}"),
+             (n_axes + 2, "Gap recovered")]
+    notes = [f"Test accuracy at the best-validation epoch (mean over finished seeds); gap recovered: "
+             f"(acc − {display_name(joint)}) / ({display_name(ensemble)} − {display_name(joint)})."]
+    return Table(header=header, rows=rows, n_axes=n_axes, notes=[], latex=latex, latex_notes=notes, axes=list(axes))

@@ -23,6 +23,8 @@ Format (every key but ``name`` and ``method`` optional)::
     resources: {cpu: 1, gpu: 0.25}          # per trial; fractional GPUs pack trials on one GPU
     max_concurrent: 4                       # optional cap on trials running at once
     max_failures: 2                         # retries of a failed trial, from its last checkpoint
+    logging: [tensorboard, mlflow]          # optional: Ray Tune's loggers (tensorboard | mlflow | wandb),
+                                            # libraries from the extra: pip install 'mmtune[logging]'
     checkpoint_every_s: 60                  # a trial checkpoints after the first epoch that ends this long
                                             # after its last checkpoint (0: every epoch), and at its end
 
@@ -79,17 +81,21 @@ import yaml
 from mmtune.config import INT64_MAX, MAX_SEED, number_problem
 from mmtune.errors import ConfigError, Problem, did_you_mean, shorten
 
-__all__ = ["load_spec_data", "load_yaml_value", "parse_spec_data", "SpecSource", "Domain", "MethodEntry", "SweepSpec", "load_spec", "parse_spec", "expand_grid", "smoke_spec", "DOMAIN_KINDS"]
+__all__ = ["shipped_specs", "shipped_specs_dir", "resolve_spec_path", "load_spec_data", "load_yaml_value", "parse_spec_data", "SpecSource", "Domain", "MethodEntry", "SweepSpec", "load_spec", "parse_spec", "expand_grid", "smoke_spec", "DOMAIN_KINDS"]
 
 TOP_KEYS = (
     "name", "description", "method", "dataset", "model", "train", "params", "seeds", "search",
-    "scheduler", "resources", "max_concurrent", "max_failures", "checkpoint_every_s",
+    "scheduler", "resources", "max_concurrent", "max_failures", "checkpoint_every_s", "logging",
 )
 CONFIG_SECTIONS = ("dataset", "model", "train", "params")
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "int")
 SEARCH_KEYS = ("algorithm", "num_samples", "metric", "mode", "seed")
 ASHA_KEYS = ("grace_period", "reduction_factor", "metric", "mode")
 RESOURCE_KEYS = ("cpu", "gpu")
+# `logging: [...]`: Ray Tune's own logger callbacks, each library in an optional extra (pip install 'mmtune[logging]').
+# name -> (module that must be importable, the pip package the extra brings)
+LOGGERS = {"tensorboard": ("tensorboardX", "tensorboardX"), "mlflow": ("mlflow", "mlflow-skinny"),
+           "wandb": ("wandb", "wandb")}
 ENTRY_KEYS = ("name", "method", "params")
 DEFAULT_STORAGE = "runs"  # where `mmtune sweep` writes when no --storage is given
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -155,6 +161,7 @@ class SweepSpec:
     max_concurrent: int | None = None
     max_failures: int = 1
     checkpoint_every_s: float = 60.0
+    logging: tuple[str, ...] = ()  # LOGGERS names: Ray Tune's TensorBoard / MLflow / W&B callbacks
     description: str = ""
     source: dict[str, Any] = field(default_factory=dict, compare=False)  # the YAML as read
 
@@ -179,6 +186,36 @@ class SweepSpec:
         return sum(_grid_size(_entry_base(self.sections, e)) for e in self.methods) * len(self.seeds)
 
 
+# ------------------------------------------------------------------------------------ shipped specs
+def shipped_specs_dir() -> Path | None:
+    """The folder of the specs mmtune ships: ``mmtune/search_spaces/`` in an installed wheel (package data),
+    else the checkout's ``search_spaces/`` (the one copy in the repo; an editable install reads it)."""
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "search_spaces", package.parent / "search_spaces"):
+        if folder.is_dir() and any(folder.glob("*.yaml")):
+            return folder
+    return None
+
+
+def shipped_specs() -> dict[str, Path]:
+    """``{name: path}`` of the shipped specs, by name (``quickstart`` → ``…/search_spaces/quickstart.yaml``)."""
+    folder = shipped_specs_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder else {}
+
+
+def resolve_spec_path(spec: str | Path) -> Path:
+    """A spec argument as a file: the path itself when it exists, else the shipped spec it names — a bare
+    name (``quickstart``, ``quickstart.yaml``) or the repo-relative ``search_spaces/quickstart.yaml`` that
+    the README uses — so both work from any folder with a pip-installed mmtune. Else the path unchanged."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    bare = len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "search_spaces")
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    shipped = shipped_specs().get(name) if bare and path.suffix in ("", ".yaml", ".yml") else None
+    return shipped if shipped is not None else path
+
+
 # ----------------------------------------------------------------------------------------- loading
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a spec file; raise ConfigError listing every problem (with YAML lines)."""
@@ -201,10 +238,14 @@ def load_spec_data(path: str | Path) -> tuple[Any, SpecSource]:
     nesting depth bounded while composing, and the graph is measured (values and depth, aliases
     expanded, arithmetically) before any value is constructed, so no file can exhaust time or memory.
     """
-    path = Path(path)
+    path = resolve_spec_path(path)
     where = str(path)
     if not path.is_file():
-        raise ConfigError(Problem(where, "no such spec file. Pass the path of a YAML sweep spec (see search_spaces/)."))
+        names = list(shipped_specs())
+        hint = did_you_mean(path.name.removesuffix(".yaml"), names)
+        raise ConfigError(Problem(where, f"no such spec file.{hint} Pass the path of a YAML sweep spec, or the name of "
+                                         f"a shipped one ({', '.join(names) or 'none found'}; `mmtune example NAME` "
+                                         "copies one out to edit)."))
     try:
         with path.open("rb") as file:
             raw = file.read(MAX_SPEC_BYTES + 1)  # never more, whatever the file claims to hold
@@ -530,6 +571,7 @@ def parse_spec(data: Any) -> SweepSpec:
     checkpoint_every_s = data.get("checkpoint_every_s", 60.0)
     _check_number(checkpoint_every_s, "checkpoint_every_s", problems, low=0,
                   what="a number of seconds >= 0 (0: every epoch)")
+    loggers = _parse_logging(data.get("logging", []), problems)
     description = data.get("description", "")
     if not isinstance(description, str):
         problems.append(Problem("description", f"must be text, got {type(description).__name__}."))
@@ -554,7 +596,8 @@ def parse_spec(data: Any) -> SweepSpec:
         name=name, methods=tuple(methods), sections=sections, seeds=tuple(seeds), algorithm=algorithm,
         num_samples=int(num_samples), metric=metric, mode=mode, search_seed=int(search_seed), asha=asha,
         cpu=float(cpu), gpu=float(gpu), max_concurrent=max_concurrent, max_failures=int(max_failures),
-        checkpoint_every_s=float(checkpoint_every_s), description=description, source=copy.deepcopy(dict(data)),
+        checkpoint_every_s=float(checkpoint_every_s), logging=loggers, description=description,
+        source=copy.deepcopy(dict(data)),
     )
 
 
@@ -608,10 +651,12 @@ def optuna_base(spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def smoke_spec(spec: SweepSpec) -> SweepSpec:
-    """The same sweep shrunk to run in seconds: ≤ 2 epochs, a small synthetic set, one seed, ≤ 2 samples."""
+    """The same sweep shrunk to run in seconds: ≤ 2 epochs (or the fewest a method of the sweep can run,
+    UMT's M + 1), a small synthetic set, one seed, ≤ 2 samples."""
     sections = copy.deepcopy(spec.sections)
     train = sections["train"]
-    train["epochs"] = min(_plain_int(train.get("epochs"), spec.epochs), SMOKE["epochs"])
+    epochs = _plain_int(train.get("epochs"), spec.epochs)
+    train["epochs"] = min(epochs, max(SMOKE["epochs"], _min_epochs(spec)))
     dataset = sections["dataset"]
     if dataset.get("name", "synthetic") == "synthetic":
         for key in ("n_train", "n_val", "n_test"):
@@ -622,6 +667,33 @@ def smoke_spec(spec: SweepSpec) -> SweepSpec:
         "sections": sections, "seeds": spec.seeds[:1], "num_samples": min(spec.num_samples, SMOKE["num_samples"]),
         "asha": asha,
     })
+
+
+def _min_epochs(spec: SweepSpec) -> int:
+    """The most epochs any method of the sweep needs at least (UMT: a teacher stage per modality, then
+    its student); fixed params count, searched ones at their defaults; 1 when it cannot be told."""
+    from mmtune.config import from_dict
+    from mmtune.data import dataset_config
+    from mmtune.engine.registry import get_method
+
+    try:
+        modalities = list(getattr(dataset_config(spec.sections.get("dataset")), "modalities", None) or ["a", "b"])
+    except ConfigError:
+        modalities = ["a", "b"]
+    shared = spec.sections.get("params") or {}
+    need = 1
+    for entry in spec.methods:
+        try:
+            cls = get_method(entry.method)
+            fixed = {k: v for k, v in {**shared, **entry.params}.items() if not isinstance(v, Domain)}
+            try:
+                config = from_dict(cls.Config, fixed, path="params")
+            except ConfigError:
+                config = cls.Config()
+            need = max(need, cls.min_epochs(config, cls.select_modalities(config, modalities)))
+        except ConfigError:
+            continue
+    return need
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -736,6 +808,34 @@ def _check_metric(metric: Any, path: str, problems: list[Problem]) -> None:
     elif not (metric.startswith("val_") or metric.startswith("best_val_")):
         problems.append(Problem(path, f"'{metric}' is not a validation metric.{did_you_mean(metric, ('val_acc', 'val_macro_f1', 'val_map'))} "
                                       "Use val_acc, val_macro_f1, val_map, val_acc/<modality> or best_val_*."))
+
+
+def _parse_logging(raw: Any, problems: list[Problem]) -> tuple[str, ...]:
+    """``logging: [tensorboard, mlflow]`` (or one name): known names, each once, whose library is installed."""
+    import importlib.util
+
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        problems.append(Problem("logging", f"must be a list of logger names ({', '.join(LOGGERS)}), got {shorten(raw)}."))
+        return ()
+    names: list[str] = []
+    for i, name in enumerate(items):
+        path = "logging" if isinstance(raw, str) else f"logging[{i}]"
+        if not isinstance(name, str) or name not in LOGGERS:
+            hint = did_you_mean(name, tuple(LOGGERS)) if isinstance(name, str) else ""
+            problems.append(Problem(path, f"unknown logger {shorten(name)}.{hint} Valid loggers: {', '.join(LOGGERS)}."))
+        elif name in names:
+            problems.append(Problem(path, f"'{name}' is listed twice: list each logger once."))
+        else:
+            module, package = LOGGERS[name]
+            if importlib.util.find_spec(module) is None:
+                problems.append(Problem(path, f"the {name} logger needs the {package} package, which is not installed. "
+                                              "Install the extra: pip install 'mmtune[logging]' (or pip install "
+                                              f"{package}), or drop '{name}' from logging."))
+            names.append(name)
+    return tuple(names)
 
 
 def _parse_seeds(raw: Any, problems: list[Problem]) -> list[int]:

@@ -29,8 +29,10 @@ Design:
   (CPUs / ``resources.cpu``, GPUs / ``resources.gpu``). Uncapped, Tune keeps a pending trial for a
   custom searcher, starts a fresh actor for it and kills that actor when a running one frees up, so
   short trials ran nearly one at a time (BENCHMARKS.md, sweep efficiency).
-* Results: :class:`mmtune.store.writer.ResultsWriter` (Parquet tables under the sweep folder) and
-  :class:`mmtune.sweep.progress.SweepProgress` (rich live view, plain lines off a terminal).
+* Results: :class:`mmtune.store.writer.ResultsWriter` (Parquet tables under the sweep folder),
+  :class:`mmtune.sweep.progress.SweepProgress` (rich live view, plain lines off a terminal), Ray Tune's
+  own per-trial ``result.json``/``progress.csv`` (so ``ray.tune.ExperimentAnalysis(<sweep>)`` works) and
+  the spec's ``logging:`` loggers (TensorBoard, MLflow, W&B: :mod:`mmtune.sweep.loggers`).
 
 Storage: ``--storage`` is a local folder (default ``runs/``) or a URI that pyarrow understands
 (``s3://bucket/path``, ``gs://…``) — on a cluster it must be storage every node can reach. Before Ray
@@ -296,7 +298,9 @@ def _read_text(path: str) -> str:
 
 def _quiet_ray() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet tables replace CSV/JSON/TBX
+    # Tune's default loggers off: mmtune adds its JSON/CSV result files itself, TensorBoard only when the
+    # spec's `logging:` asks (mmtune.sweep.loggers), instead of whenever tensorboardX happens to be installed.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -458,6 +462,7 @@ def fitting_trials(spec: SweepSpec) -> int:
 def _callbacks(spec: SweepSpec, storage: str, name: str, console: Any, live: bool | None,
                carried: frozenset[str] = frozenset()) -> list:
     from mmtune.store.writer import ResultsWriter
+    from mmtune.sweep.loggers import logger_callbacks
     from mmtune.sweep.progress import SweepProgress
     from mmtune.sweep.retry import RetryLedger
     from mmtune.sweep.signing import PickleSigner
@@ -470,6 +475,9 @@ def _callbacks(spec: SweepSpec, storage: str, name: str, console: Any, live: boo
                       console=console, live=live),
         ResultsWriter(storage, name, carried=carried),
         RetryLedger(),
+        # Ray Tune's result.json/progress.csv (ExperimentAnalysis, Tuner.restore(...).get_results()) and
+        # the spec's `logging:` callbacks (TensorBoard, MLflow, W&B).
+        *logger_callbacks(spec.logging, path=_local_or_uri(sweep_path(storage, name)), name=name),
     ]
 
 
@@ -527,6 +535,8 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
               live: bool | None = None, command: str = "", trainable: Any = None,
               overrides: list[str] | None = None) -> SweepOutcome:
     """Run a validated sweep to the end; every trial's epochs and summary land under ``storage/name``."""
+    from mmtune.sweep.loggers import check_loggers
+
     if smoke_test:
         spec = smoke_spec(spec)
     check_sweep_name(name or spec.name, key="--name" if name else "name")
@@ -536,6 +546,7 @@ def run_sweep(spec: SweepSpec, *, storage: str = DEFAULT_STORAGE, name: str | No
         raise ConfigError(Problem("--name", f"a sweep already exists at {path}. Continue it with `mmtune resume {path}`, "
                                   "or give this one another --name (nothing there was touched)."))
     _check_storage(storage, then="run the sweep again")
+    check_loggers(spec.logging, path=_local_or_uri(path))  # e.g. mlflow on object storage needs a tracking URI
     _prepare_datasets(spec, console)
     started = _init_ray(address, spec, console)
     try:

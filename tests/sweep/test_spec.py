@@ -320,6 +320,19 @@ def test_smoke_spec_shrinks_every_trial():
     assert len(expand_grid(small)) == 2 and spec.epochs == 30  # the original is untouched
 
 
+def test_smoke_spec_runs_at_least_the_epochs_a_staged_method_needs():
+    import mmtune.trainables  # noqa: F401  registers umt, ume
+
+    def smoke_epochs(method, params=None, epochs=30):
+        return smoke_spec(parse_spec({"name": "s", "method": method, "train": {"epochs": epochs},
+                                      "params": params or {}})).epochs
+
+    assert smoke_epochs("umt") == 3  # a teacher per modality, then the student
+    assert smoke_epochs("umt", {"teacher_epochs": [2, 1]}) == 4
+    assert smoke_epochs("ume") == 2 and smoke_epochs("joint") == 2
+    assert smoke_epochs("umt", epochs=3) == 3 and smoke_epochs("joint", epochs=1) == 1  # never more than the spec's
+
+
 # ------------------------------------------------------------------------------------- searchers
 def test_trial_list_searcher_hands_out_each_config_once_and_survives_a_restore(tmp_path):
     from mmtune.sweep.tuner import TrialListSearcher
