@@ -122,12 +122,13 @@ def test_trainable_reset_config_rebuilds_the_trial(method):
         trainable.stop()
 
 
-# Methods that pass over the training split themselves (prototypes, held-out estimates, utilisation
-# rates, a hypergradient batch) must work on every split type, not only the synthetic set's tensors:
-# on the prepared real-dataset cache (CREMA-D fixture, ResNet-18) PMR and G-Blending once read
-# ``split.labels``, which the cache does not have.
+# The field's baselines run on a real dataset's prepared cache with ResNet-18 (CREMA-D fixture), not only
+# on the synthetic set's tensors: the methods that pass over the training split themselves (prototypes,
+# held-out estimates, utilisation rates, a hypergradient batch, valuations) most of all — PMR and
+# G-Blending once read ``split.labels``, which the cache does not have.
 SPLIT_PASSES = {"pmr": {}, "gblending": {"super_epoch": 1}, "greedy": {}, "lfm": {}, "valuation": {"start_epoch": 1},
-                "reconboost": {}, "relearn": {"interval": 1, "timing": "multiple"}, "mla": {}, "umt": {}}
+                "reconboost": {}, "relearn": {"interval": 1, "timing": "multiple"}, "mla": {}, "umt": {},
+                "mmcosine": {}, "cml": {}, "mmpareto": {}, "amco": {}, "mbsd": {}}
 # Epochs a method needs before it does what is tested (UMT: a teacher stage per modality, then its student;
 # relearn's first diagnosis is at epoch 2; its pass on this fixture is also in test_relearn.py).
 SPLIT_EPOCHS = {"umt": 3, "relearn": 2}
