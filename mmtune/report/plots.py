@@ -541,3 +541,46 @@ def importance_plot(path: Path, importances: Mapping[str, float], *, evaluator: 
     shown, files = _save(fig, ax, path, formats, legend=False)
     caption = f"{evaluator} importances from a study rebuilt from the tables ({n_configs} configurations)."
     return Plot(shown, "Optuna parameter importances", caption, files)
+
+
+def optuna_plots(directory: Path, study: Any, importances: Mapping[str, float], *,
+                 formats: Sequence[str] = ("png",)) -> list[Plot]:
+    """Optuna's own figures of a study rebuilt from the tables (:func:`mmtune.study`): the optimization
+    history, a slice plot of every parameter, and the contour of the two most important parameters."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ov
+
+    names = list(importances) or sorted({k for t in study.trials for k in t.params})
+    out: list[Plot] = []
+    specs = [("optuna_history", "Optuna optimization history",
+              "Each sampled configuration's objective (the seed mean), in the order the searcher sampled them.",
+              lambda: ov.plot_optimization_history(study))]
+    if names:
+        specs.append(("optuna_slice", "Optuna slice plot",
+                      "The objective against each sampled parameter, one point per configuration (colour: its order).",
+                      lambda: ov.plot_slice(study, params=names)))
+    if len(names) >= 2:
+        pair = names[:2]
+        specs.append(("optuna_contour", "Optuna contour plot",
+                      f"The objective over the two most important parameters, {axis_label(pair[0])} and "
+                      f"{axis_label(pair[1])}, interpolated between the sampled configurations.",
+                      lambda: ov.plot_contour(study, params=pair)))
+    for stem, title, caption, draw in specs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            axes = draw()
+        first = np.ravel(np.asarray(axes, dtype=object))[0] if isinstance(axes, np.ndarray) else axes
+        fig = first.figure
+        shown, files = _write(fig, directory / f"{stem}.png", formats)
+        plt_close(fig)
+        out.append(Plot(shown, title, caption, files))
+    return out
+
+
+def plt_close(fig: Figure) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -16,7 +16,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -312,6 +312,22 @@ def _baseline_section(variants: Sequence[Variant], axes: Sequence[str], baseline
     return lines, table
 
 
+def _optuna_figures(data: SweepData, importances: Mapping[str, float], files: Path, out_path: Path,
+                    formats: Sequence[str]) -> list[str]:
+    """Optuna's own history, slice and contour plots of the study :func:`mmtune.study` rebuilds."""
+    from mmtune.api import study as rebuild
+
+    try:
+        figures = plots.optuna_plots(files, rebuild(data.path), importances, formats=formats)
+    except (ConfigError, ValueError, ImportError) as err:
+        return [f"Optuna's plots not drawn: {err}", ""]
+    if not figures:
+        return []
+    return ["### Optuna's plots", "", "Drawn by `optuna.visualization.matplotlib` on `mmtune.study(<sweep>)` (one "
+            "trial per configuration, valued at its seed mean; the same study a notebook gets).", "",
+            *_plot_lines(figures, out_path.parent)]
+
+
 def _plot_lines(figures: Sequence[plots.Plot], out_dir: Path) -> list[str]:
     """Each figure by its path relative to the markdown file, with its caption."""
     lines = []
@@ -458,6 +474,7 @@ def write_report(sweep: str, *, out: str | None = None, metric: str = "val_acc",
             lines += [f"Importances not computed: {imp.reason}", ""]
         for w in imp.warnings:
             lines += [f"> optuna: {w}", ""]
+        lines += _optuna_figures(data, imp.values, files, out_path, formats)
 
     # -- LaTeX
     if latex:

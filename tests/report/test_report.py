@@ -382,6 +382,15 @@ def test_optuna_study_rebuilt_from_tables(tmp_path):
     assert imp.objective == "best_val_acc" and not imp.reason
 
 
+def test_optuna_report_has_optunas_own_plots(built, golden):
+    md = Path(built["optuna"])
+    text = md.read_text()
+    assert "### Optuna's plots" in text
+    for stem in ("optuna_history", "optuna_slice", "optuna_contour"):
+        assert f"_files/{stem}.png)" in text and (md.parent / f"{md.stem}_files" / f"{stem}.png").is_file()
+    assert "### Optuna's plots" not in golden["text"]  # a grid sweep has no study
+
+
 def test_bare_name_under_storage_and_default_out(tmp_path, monkeypatch):
     make_golden(tmp_path / "runs")
     monkeypatch.chdir(tmp_path)
