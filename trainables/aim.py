@@ -482,7 +482,7 @@ class AIM(BalancingMethod):
     def _capture_hook(self, i: int, d: int):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
             if self._capturing:
-                self._captured[i][d] = (args[0], output)
+                self._captured[i][d] = tuple(t.float() if t.is_floating_point() else t for t in (args[0], output))  # fp32 under autocast
 
         return hook
 

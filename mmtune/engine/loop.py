@@ -9,6 +9,7 @@ is summed on the device and read once per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -19,9 +20,27 @@ from torch import Tensor
 from mmtune.data.base import TensorSplit
 from mmtune.engine.method import BalancingMethod, StepContext
 from mmtune.engine.metrics import classification_metrics, discrepancy_ratio, unimodal_score
-from mmtune.models.multimodal import MultimodalModel
+from mmtune.models.multimodal import ModelOutput, MultimodalModel
 
-__all__ = ["EpochStats", "train_epoch", "evaluate"]
+__all__ = ["EpochStats", "train_epoch", "evaluate", "PRECISIONS", "autocast"]
+
+# train.precision → the autocast dtype of the model's forward pass (None: plain fp32, no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The mixed-precision context of ``precision`` on ``device``; fp32 enters none at all, so that fp32
+    runs the very kernels it ran before precision existed (bit-identical results)."""
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _as_float(out: ModelOutput) -> ModelOutput:
+    """The model's output in fp32. Under autocast the logits and features come out in bf16/fp16; the loss
+    and every method's statistics (OGM's ratios, softmax scores, AMSS's Fisher terms, MMPareto's Gram
+    products, norms) are computed from them outside autocast, so they get fp32 copies (differentiable:
+    gradients flow back through the cast). Methods' own statistics thus stay fp32 with no change to them."""
+    return ModelOutput(out.logits.float(), {m: f.float() for m, f in out.features.items()})
 
 
 @dataclass
@@ -59,8 +78,15 @@ def train_epoch(
     batch_size: int,
     data_generator: torch.Generator,
     grad_clip: float | None = None,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochStats:
+    """One epoch. ``precision`` bf16/fp16 runs the model's forward pass under autocast; its logits and
+    features are then cast to fp32, so the loss and every method hook compute in fp32 (see
+    :func:`_as_float`). ``scaler`` (fp16) scales the loss and is unscaled before the method's gradient
+    hooks and clipping, so those see true gradients (a step whose gradients overflowed is skipped)."""
     model.train()
+    scaling = scaler is not None and scaler.is_enabled()
     active = ctx.modulating or method.always_active
     loss_sum = torch.zeros((), device=ctx.device)
     samples = loss_n = steps = 0
@@ -77,18 +103,29 @@ def train_epoch(
                 part = method.before_forward(part, ctx)
                 if part is None:
                     continue
-            out = model(part.inputs, drop=part.drop, features=part.features)
+            with autocast(ctx.device, precision):
+                out = model(part.inputs, drop=part.drop, features=part.features)
+            if precision != "fp32":
+                out = _as_float(out)
             loss = method.loss(out, part, ctx) if active and method.replaces_loss else F.cross_entropy(out.logits, part.labels)
             if active:
                 extra = method.extra_loss(out, part, ctx)
                 if extra is not None:
                     loss = loss + extra
-            loss.backward()
+            if scaling:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # the hooks and the clip below see unscaled fp32 gradients
+            else:
+                loss.backward()
             if active:
                 method.modulate_gradients(model, out, part, ctx)
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            if scaling:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             # Free the gradients now rather than at the next backward: no need for that memory.
             optimizer.zero_grad(set_to_none=True)
             if active:
@@ -105,7 +142,7 @@ def train_epoch(
 @torch.no_grad()
 def evaluate(
     model: MultimodalModel, split: TensorSplit, *, batch_size: int, prefix: str, imbalance: bool = True,
-    method: BalancingMethod | None = None,
+    method: BalancingMethod | None = None, precision: str = "fp32",
 ) -> dict[str, Tensor]:
     """Joint and per-modality metrics of one split, as device tensors (``<prefix>_acc`` …).
 
@@ -114,9 +151,13 @@ def evaluate(
     of its own (:meth:`BalancingMethod.predict`, e.g. MLA's uncertainty-weighted fusion) scores with it.
     """
     model.eval()
+    device = next(model.parameters()).device
     logits, uni, labels = [], {m: [] for m in model.modalities}, []
     for batch in split.batches(batch_size):
-        out = model(batch.inputs)
+        with autocast(device, precision):
+            out = model(batch.inputs)
+        if precision != "fp32":
+            out = _as_float(out)
         rule = method.predict(model, out) if method is not None else None
         fused, per_modality = rule if rule is not None else (out.logits, model.unimodal_logits(out.features))
         logits.append(fused)

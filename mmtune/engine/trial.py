@@ -29,6 +29,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +40,14 @@ from torch import Tensor
 from mmtune.config import MAX_SEED, Record, from_dict, hp, to_dict
 from mmtune.data import build_dataset, dataset_config
 from mmtune.data.base import TensorSplit
-from mmtune.engine.loop import evaluate, train_epoch
+from mmtune.engine.loop import PRECISIONS, evaluate, train_epoch
 from mmtune.config import external_name
 from mmtune.engine.method import BalancingMethod, MethodConfig, Stage, StepContext, check_stages
 from mmtune.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
 from mmtune.engine.probe import probe_metrics
 from mmtune.engine.registry import get_method
 from mmtune.errors import ConfigError, Problem, did_you_mean, shorten
-from mmtune.models import ModelConfig, build_model
+from mmtune.models import ModelConfig, build_model, use_channels_last
 
 __all__ = ["TrainConfig", "TrialSpec", "Trial", "parse_trial_config", "preflight", "memory_of_machine", "TRIAL_SECTIONS",
            "resolve_device", "reserve_holdout"]
@@ -71,6 +72,11 @@ class TrainConfig(Record):
     probe: bool = hp(False, doc="also report val_probe/<m>, test_probe/<m>: a linear probe per frozen encoder "
                                 "(one extra encoder pass over every split per epoch)")
     device: str = hp("auto", choices=("auto", "cpu", "cuda"), doc="auto = cuda when available")
+    precision: str = hp("fp32", choices=tuple(PRECISIONS), doc="fp32 | bf16 | fp16: bf16/fp16 run the model's forward "
+                                                             "pass under autocast (fp16 with a GradScaler); loss and "
+                                                             "method statistics stay fp32")
+    channels_last: bool = hp(False, doc="hold CNN/ResNet encoders and their 4-D inputs in torch.channels_last memory "
+                                        "format (faster convolutions on CUDA)")
 
 
 @dataclass(frozen=True)
@@ -205,12 +211,30 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, precision: str = "fp32") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif name == "cuda" and not torch.cuda.is_available():
         raise ConfigError([Problem("train.device", "is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")])
-    return torch.device(name)
+    else:
+        device = torch.device(name)
+    dtype = PRECISIONS[precision]
+    if dtype is not None and not _autocast_supports(device, dtype):
+        raise ConfigError([Problem("train.precision", f"is '{precision}' but this torch's {device.type} autocast does "
+                                                      f"not support {dtype}; use bf16 on CPU, fp16 on CUDA.")])
+    return device
+
+
+def _autocast_supports(device: torch.device, dtype: torch.dtype) -> bool:
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        return torch.cuda.is_bf16_supported()
+    try:
+        with warnings.catch_warnings():  # an unsupported dtype warns and disables autocast: read that, quietly
+            warnings.simplefilter("ignore")
+            with torch.autocast(device.type, dtype=dtype):
+                return torch.is_autocast_enabled(device.type)
+    except (RuntimeError, ValueError):  # some builds refuse a dtype their autocast lacks
+        return False
 
 
 # The generator a method's train_indices draws from: seeded from the trial's seed alone (offset below
@@ -246,7 +270,7 @@ class Trial:
 
     def __init__(self, spec: TrialSpec):
         self.spec = spec
-        self.device = resolve_device(spec.train.device)
+        self.device = resolve_device(spec.train.device, spec.train.precision)
         data = build_dataset(spec.dataset, self.device)
         method_cls: type[BalancingMethod] = get_method(spec.method)
         modalities = method_cls.select_modalities(spec.params, data.modalities)
@@ -254,6 +278,10 @@ class Trial:
         torch.manual_seed(spec.seed)  # model initialisation
         self.model = build_model(spec.model, input_shapes=self.data.input_shapes, num_classes=self.data.num_classes)
         self.model.to(self.device)
+        if spec.train.channels_last:
+            use_channels_last(self.model)
+        # fp16 scales the loss so that small gradients do not flush to zero (bf16 has fp32's range: no scaler).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec.train.precision == "fp16")
         self.method = method_cls(spec.params, modalities=modalities, num_classes=self.data.num_classes, device=self.device)
         self.method.bind(self.model)
         # What the loop trains on: the training split less what the method reserves (train_indices).
@@ -305,6 +333,7 @@ class Trial:
         stats = train_epoch(
             self.model, self.train_split, self.method, self.optimizer, ctx,
             batch_size=t.batch_size, data_generator=self.data_generator, grad_clip=t.grad_clip,
+            precision=t.precision, scaler=self.scaler,
         )
         self.global_step = ctx.global_step
         if self.scheduler is not None:
@@ -315,9 +344,10 @@ class Trial:
             torch.cuda.synchronize(self.device)
         train_s = time.perf_counter() - start
         device_metrics = {"train_loss": train_loss}
-        device_metrics.update(evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, prefix="val", method=self.method))
+        device_metrics.update(evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, prefix="val", method=self.method,
+                                       precision=t.precision))
         device_metrics.update(evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, prefix="test", imbalance=False,
-                                       method=self.method))
+                                       method=self.method, precision=t.precision))
         if t.probe:
             device_metrics.update(probe_metrics(self.model, self.data.train, {"val": self.data.val, "test": self.data.test},
                                                 batch_size=t.eval_batch_size))
@@ -364,6 +394,7 @@ class Trial:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "method": self.method.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": {
                 "data": self.data_generator.get_state(),
                 "method": self.method_generator.get_state(),
@@ -383,6 +414,8 @@ class Trial:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
+        if state.get("scaler") is not None:  # fp16 only (and absent from checkpoints older than precision)
+            self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         self.data_generator.set_state(rng["data"])
         self.method_generator.set_state(rng["method"])

@@ -13,7 +13,8 @@ from mmtune.models import text  # noqa: F401  registers "bert" (transformers is 
 from mmtune.models.fusions import FUSIONS, build_fusion, list_fusions
 from mmtune.models.multimodal import ModelOutput, MultimodalModel
 
-__all__ = ["ModelConfig", "ModelOutput", "MultimodalModel", "build_model", "list_encoders", "list_fusions"]
+__all__ = ["ModelConfig", "ModelOutput", "MultimodalModel", "build_model", "list_encoders", "list_fusions",
+           "use_channels_last"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ def build_model(cfg: ModelConfig, *, input_shapes: dict[str, tuple[int, ...]], n
             raise ConfigError([Problem(_model_key(p.path, m, cfg), p.message) for p in err.problems]) from None
     fusion = build_fusion(cfg.fusion, feature_dims={m: e.out_dim for m, e in encoders.items()}, num_classes=num_classes)
     return MultimodalModel(encoders, fusion, num_classes)
+
+
+def use_channels_last(model: MultimodalModel) -> None:
+    """Switch every encoder that convolves images or frames (cnn, resnet18) to channels_last memory format,
+    weights and 4-D inputs alike; other encoders (mlp, transformer, bert) are left as they are."""
+    for encoder in model.encoders.values():
+        if hasattr(encoder, "use_channels_last"):
+            encoder.use_channels_last()
 
 
 def _model_key(argument: str, modality: str, cfg: ModelConfig) -> str:

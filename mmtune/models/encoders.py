@@ -191,13 +191,19 @@ class _FrameEncoder(Encoder):
     def __init__(self, blocks: Sequence[nn.Module], block_dims: Sequence[int], num_frames: int | None) -> None:
         super().__init__(blocks, block_dims)
         self.num_frames = num_frames  # None: (C, H, W) input, no frame axis
+        self.channels_last = False  # see use_channels_last
+
+    def use_channels_last(self) -> None:
+        """Hold the convolution weights, and the (B·T, C, H, W) input of ``blocks[0]``, as channels_last."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
 
     def fold(self, x: Tensor) -> Tensor:
-        if self.num_frames is None:
-            return x
-        if x.dim() != 5 or x.shape[1] != self.num_frames:
-            raise ValueError(f"expected input (B, {self.num_frames}, C, H, W), got {tuple(x.shape)}")
-        return x.flatten(0, 1)
+        if self.num_frames is not None:
+            if x.dim() != 5 or x.shape[1] != self.num_frames:
+                raise ValueError(f"expected input (B, {self.num_frames}, C, H, W), got {tuple(x.shape)}")
+            x = x.flatten(0, 1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def pool_intermediate(self, h: Tensor, depth: int) -> Tensor:
         h = h.mean((-2, -1))
