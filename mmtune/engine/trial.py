@@ -403,8 +403,19 @@ class Trial:
             },
         }
 
+    def _same_config(self, stored: Mapping[str, Any]) -> bool:
+        """Whether a checkpoint's config is this trial's. A checkpoint written before a key existed (a
+        newer mmtune added ``train.precision``) is the same config when the key's default fills it in."""
+        current = self.spec.to_config()
+        if stored == current:
+            return True
+        try:
+            return parse_trial_config(stored).to_config() == current
+        except ConfigError:
+            return False
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["config"] != self.spec.to_config():
+        if not self._same_config(state["config"]):
             raise ValueError("checkpoint was written by a trial with a different config; refusing to load it")
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]

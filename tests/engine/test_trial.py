@@ -154,3 +154,21 @@ def test_trial_runs_on_cuda():
 def test_asking_for_cuda_without_one_is_a_config_error():
     with pytest.raises(ConfigError, match="no CUDA device"):
         Trial(parse_trial_config(tiny_config("joint", train={"device": "cuda"})))
+
+
+def test_a_checkpoint_from_before_a_key_existed_loads_and_another_config_is_refused():
+    config = tiny_config("ogm", train={"epochs": 2})
+    trial = Trial(parse_trial_config(config))
+    trial.step()
+    state = trial.state_dict()
+    old = {**state, "config": {**state["config"], "train": dict(state["config"]["train"])}}
+    del old["config"]["train"]["precision"], old["config"]["train"]["channels_last"]  # keys a newer mmtune added
+    fresh = Trial(parse_trial_config(config))
+    fresh.load_state_dict(old)
+    assert fresh.epoch == 1
+    other = {**state, "config": {**state["config"], "seed": 1}}
+    with pytest.raises(ValueError, match="different config"):
+        Trial(parse_trial_config(config)).load_state_dict(other)
+    changed = {**state, "config": {**state["config"], "train": {**state["config"]["train"], "precision": "bf16"}}}
+    with pytest.raises(ValueError, match="different config"):
+        Trial(parse_trial_config(config)).load_state_dict(changed)
