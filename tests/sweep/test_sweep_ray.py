@@ -111,14 +111,12 @@ class FailOnceAtEpoch2(BalancedTrainable):
         return super().step()
 
 
-# A crash in epoch 2, restored from the checkpoint after epoch 1: for the staged schemes epoch 2 is
-# mid-stage (UMT's first teacher, ReconBoost's first boosting stage), for valuation a re-sampled epoch.
-# (Every method's restore mid-stage is also checked without Ray, in tests/trainables.)
+# A crash in epoch 2, restored from the checkpoint after epoch 1; for UMT epoch 2 is mid-stage (its first
+# teacher's). (Every method's restore mid-stage, ReconBoost's and valuation's re-sampled epochs included,
+# is checked without Ray in tests/trainables: the Ray path restores the same Trial.state_dict.)
 CRASH_CASES = {
     "ogm": ({}, 3),
     "umt": ({"teacher_epochs": [2, 1]}, 4),
-    "reconboost": ({"boost_epochs": 2}, 3),
-    "valuation": ({"start_epoch": 1}, 3),
 }
 
 
@@ -272,20 +270,43 @@ def test_multi_node_sweep_completes_when_a_worker_node_is_removed(tmp_path):
 
 
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+# Run through the CLI and Ray in smoke mode: the quickstart, every method side by side (all_methods runs each
+# registered method's default), an Optuna + ASHA sweep and a staged method (UMT needs M + 1 epochs). The
+# other shipped specs differ only in their params: each of their trial configs is parsed below, and every
+# method's trials run in tests/trainables/test_conformance.py.
+SMOKE_RUN = ("quickstart", "all_methods", "optuna_ogm_ge", "umt_lam")
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem in SMOKE_RUN], ids=lambda p: p.stem)
 def test_shipped_spec_smoke_runs_through_the_cli(ray_session, tmp_path, path, capsys):
     from mmtune.cli import main
+    from mmtune.sweep.spec import load_spec, smoke_spec
 
     assert main(["sweep", str(path), "--smoke-test", "--storage", str(tmp_path)]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "sweep finished" in out and f"mmtune report {tmp_path}" in out
     epochs, trials = tables(str(next(tmp_path.iterdir())))
     assert set(trials["status"]) <= {"TERMINATED", "STOPPED_EARLY"} and not epochs.duplicated(["trial_id", "epoch"]).any()
-    assert (trials["seed"] == trials["seed"].iloc[0]).all() and (trials["epochs_run"] <= 2).all()  # shrunk
+    shrunk = smoke_spec(load_spec(str(path))).epochs  # 2, or the fewest a staged method can run
+    assert (trials["seed"] == trials["seed"].iloc[0]).all() and (trials["epochs_run"] <= shrunk).all()
     assert main(["ls", "--storage", str(tmp_path)]) == 0
     assert path.stem in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_specs_trials_parse_at_full_and_smoke_size(path):
+    from mmtune.engine.trial import parse_trial_config
+    from mmtune.sweep.spec import expand_grid, load_spec, smoke_spec
+
+    spec = load_spec(str(path))
+    assert SMOKE_RUN and all((ROOT / "search_spaces" / f"{name}.yaml").is_file() for name in SMOKE_RUN)
+    for sized in (spec, smoke_spec(spec)):
+        if sized.algorithm != "grid":
+            continue  # sampled configs: the Optuna spec runs above
+        configs = expand_grid(sized)
+        assert configs, path.stem
+        for config in configs:
+            parse_trial_config(config)
 
 
 @pytest.mark.slow
