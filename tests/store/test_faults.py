@@ -619,10 +619,10 @@ def test_resume_after_a_sigkilled_driver_ends_its_leftover_ray_processes(tmp_pat
     spec.write_text(textwrap.dedent("""\
         name: killed
         method: joint
-        dataset: {n_train: 2048, n_val: 96, n_test: 96}
-        train: {epochs: 12}
+        dataset: {n_train: 6144, n_val: 96, n_test: 96}
+        train: {epochs: 30}
         seeds: [0, 1]
-        """))
+        """))  # each trial outlasts the tables' first timed flush (10 s), so the kill lands mid-sweep
     mmtune = [sys.executable, "-m", "mmtune.cli"]
     folder = tmp_path / "runs" / "killed"
     log = (tmp_path / "driver.log").open("w")  # what the killed driver printed, for a failure's message
