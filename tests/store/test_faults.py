@@ -619,10 +619,10 @@ def test_resume_after_a_sigkilled_driver_ends_its_leftover_ray_processes(tmp_pat
     spec.write_text(textwrap.dedent("""\
         name: killed
         method: joint
-        dataset: {n_train: 6144, n_val: 96, n_test: 96}
-        train: {epochs: 30}
-        seeds: [0, 1]
-        """))  # each trial outlasts the tables' first timed flush (10 s), so the kill lands mid-sweep
+        dataset: {n_train: 1024, n_val: 96, n_test: 96}
+        train: {epochs: 8}
+        seeds: [0, 1, 2, 3, 4, 5, 6, 7]
+        """))  # the tables are first written when the first trial ends, if not before: six or more are left to kill
     mmtune = [sys.executable, "-m", "mmtune.cli"]
     folder = tmp_path / "runs" / "killed"
     log = (tmp_path / "driver.log").open("w")  # what the killed driver printed, for a failure's message
@@ -640,13 +640,15 @@ def test_resume_after_a_sigkilled_driver_ends_its_leftover_ray_processes(tmp_pat
         time.sleep(2)
         left = _session_processes_of(session)
         assert any(cmd.startswith("ray::") for cmd in left), left  # Ray's agents outlive their driver
+        before = pd.read_parquet(folder / "trials.parquet")
+        assert (before["status"] == "TERMINATED").sum() < 8, before  # the kill landed mid-sweep
         done = subprocess.run([*mmtune, "resume", str(folder)], env=_env(), capture_output=True, text=True, timeout=240)
         killed = (tmp_path / "driver.log").read_text()[-2000:]
         assert done.returncode == 0, killed + done.stdout[-3000:] + done.stderr[-3000:]
         assert _session_processes_of(session) == []
         assert "process(es) the killed driver's Ray session left running" in " ".join(done.stdout.split())
         trials = pd.read_parquet(folder / "trials.parquet")
-        assert len(trials) == 2 and set(trials["status"]) == {"TERMINATED"}
+        assert len(trials) == 8 and set(trials["status"]) == {"TERMINATED"}
     finally:
         log.close()
         if proc.poll() is None:
