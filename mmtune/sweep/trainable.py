@@ -13,6 +13,7 @@ them.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from mmtune.engine.trial import Trial, parse_trial_config
 __all__ = ["BalancedTrainable", "CHECKPOINT_FILE", "load_trial_state"]
 
 CHECKPOINT_FILE = "trial.pt"
+logger = logging.getLogger(__name__)
 
 
 def load_trial_state(path: str, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -77,6 +79,21 @@ class BalancedTrainable(tune.Trainable):
             self._last_checkpoint = now
         return metrics
 
+    def restore(self, checkpoint_path: Any) -> None:
+        """Tune's restore, except that a checkpoint which never reached the storage starts the trial again
+        from its first epoch instead of failing it: a disk that filled up while Tune recorded the checkpoint
+        (its folder, or its ``trial.pt``, was never written) leaves Tune's snapshot naming it, and
+        ``mmtune resume`` would otherwise end that trial in ERROR. The trial is deterministic, and the results
+        writer drops the rows of the abandoned run as the new one reports the same epochs again."""
+        checkpoint = _checkpoint_of(checkpoint_path)
+        if checkpoint is not None and not _holds_trial_state(checkpoint):
+            logger.warning("the checkpoint %s never reached the storage (no %s there): the trial starts again "
+                           "from its first epoch", checkpoint.path, CHECKPOINT_FILE)
+            self._build(self.config)
+            self._iteration, self._time_total = 0, 0.0  # Tune's counters, as on a trial that never ran
+            return
+        super().restore(checkpoint_path)
+
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         torch.save(self.trial.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
@@ -92,3 +109,21 @@ class BalancedTrainable(tune.Trainable):
         self._build(new_config)
         self.config = new_config
         return True
+
+
+def _checkpoint_of(checkpoint_path: Any) -> tune.Checkpoint | None:
+    """The :class:`ray.tune.Checkpoint` Tune asks a Trainable to restore: a path, a Checkpoint, or a
+    training result carrying one (what the Tune controller passes); None for anything else."""
+    if isinstance(checkpoint_path, str | os.PathLike):
+        return tune.Checkpoint.from_directory(os.fspath(checkpoint_path))
+    if isinstance(checkpoint_path, tune.Checkpoint):
+        return checkpoint_path
+    checkpoint = getattr(checkpoint_path, "checkpoint", None)
+    return checkpoint if isinstance(checkpoint, tune.Checkpoint) else None
+
+
+def _holds_trial_state(checkpoint: tune.Checkpoint) -> bool:
+    import pyarrow.fs as pafs
+
+    info = checkpoint.filesystem.get_file_info(f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}")
+    return info.type == pafs.FileType.File

@@ -49,3 +49,33 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_unexecuted(trainable, 
     assert not marker.exists()
     torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)  # what the old loader did: the payload runs
     assert marker.exists()
+
+
+@pytest.mark.parametrize("lost", ["folder", "file"])
+def test_restoring_a_checkpoint_that_never_reached_the_storage_starts_the_trial_again(trainable, tmp_path, lost):
+    """A disk that filled up while Tune recorded a checkpoint leaves its snapshot naming a folder (or a
+    trial.pt) that was never written: the trial runs again from its first epoch, as a fresh one does."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    folder = tmp_path / "checkpoint_000002"
+    if lost == "file":
+        folder.mkdir()  # the folder was made, the file inside it never written
+    trainable.train()
+    trainable.restore(_TrainingResult(checkpoint=Checkpoint.from_directory(str(folder)), metrics={"training_iteration": 2}))
+    assert trainable.trial.epoch == 0 and trainable.iteration == 0
+    fresh = BalancedTrainable(config=tiny_config("ogm"))
+    try:
+        keys = ("train_loss", "val_acc", "trace/k/audio")
+        got, expected = trainable.train(), fresh.train()
+        assert {k: got[k] for k in keys} == {k: expected[k] for k in keys}
+    finally:
+        fresh.stop()
+
+
+def test_restoring_a_checkpoint_that_exists_still_loads_it(trainable, tmp_path):
+    checkpoint = trainable.save(str(tmp_path / "ckpt"))
+    expected = trainable.train()
+    trainable.train()
+    trainable.restore(checkpoint)
+    assert trainable.trial.epoch == 1 and trainable.train()["val_acc"] == expected["val_acc"]
