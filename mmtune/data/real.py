@@ -72,6 +72,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # How many missing/corrupt files an error message names before it says "and N more".
 SHOWN_FILES = 10
+# dataset.resident auto: the largest share of the GPU's free memory (torch.cuda.mem_get_info) a cache may
+# take on the device; the rest is left to the model, its activations and other trials packed on the GPU.
+RESIDENT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,14 @@ class RealDataConfig(Record):
     workers: int = hp(-1, low=-1, doc="DataLoader worker processes reading the cache (0: in the training process; "
                                       "-1: 0 on CPU, where reading in-process measured fastest, 4 on CUDA)")
     flip: bool = hp(True, doc="random horizontal flip of frames in training (the reference recipes' augmentation)")
+    resident: bool | str = hp("auto", choices=("auto", True, False),
+                              doc="hold the prepared cache on the training device (uint8 as stored) and index batches "
+                                  "there, no DataLoader workers. auto: on CUDA when the cache takes at most "
+                                  f"{RESIDENT_SHARE:.0%} of the GPU's free memory; off on CPU (the memory-mapped "
+                                  "reader shares the OS page cache between trials instead of a copy per trial)")
 
     # Fields that change how the cache is read, not what it holds: left out of the cache key.
-    runtime_fields: ClassVar[tuple[str, ...]] = ("cache_dir", "workers", "flip")
+    runtime_fields: ClassVar[tuple[str, ...]] = ("cache_dir", "workers", "flip", "resident")
 
     def extra_checks(self) -> list[Problem]:
         if not self.root:
@@ -625,6 +633,61 @@ class _Reader(torch.utils.data.Dataset):
         return out
 
 
+class _Resident:
+    """The cache held on the training device, uint8 as stored: serves the batches :class:`_Reader` reads
+    from disk (same items, same rows, frames and flips, same dtypes) by indexing on the device, with no
+    DataLoader, no workers and no host-to-device copy per batch. Each split's arrays are copied to the
+    device on first use, once."""
+
+    def __init__(self, folder: Path, modalities: Mapping[str, Modality], device: torch.device):
+        self.folder, self.modalities, self.device = folder, dict(modalities), device
+        self._arrays: dict[tuple[str, str], Tensor] = {}
+
+    def array(self, split: str, name: str) -> Tensor:
+        key = (split, name)
+        if key not in self._arrays or self._arrays[key].device != self.device:
+            self._arrays[key] = torch.from_numpy(np.load(self.folder / split / f"{name}.npy")).to(self.device)
+        return self._arrays[key]
+
+    def run(self, items: list[Any]) -> Iterator[dict[str, Tensor]]:
+        for item in items:
+            yield self.read(*item)
+
+    def read(self, split: str, idx: np.ndarray, frames: dict[str, np.ndarray | None],
+             flip: np.ndarray | None) -> dict[str, Tensor]:
+        rows_at = torch.from_numpy(np.ascontiguousarray(idx)).to(self.device)
+        out = {"labels": self.array(split, "labels")[rows_at]}
+        flips = torch.from_numpy(flip).to(self.device) if flip is not None and flip.any() else None
+        for m in frames:
+            spec = self.modalities[m]
+            if spec.frames:
+                chosen = torch.from_numpy(frames[m]).to(self.device)
+                rows = self.array(split, m)[rows_at.unsqueeze(1), chosen]  # (B, k, C, H, W)
+                if flips is not None:
+                    flipped = rows[flips].flip(-1)
+                    for c in spec.flip_invert:  # a mirrored flow field moves the other way
+                        flipped[:, :, c] = 255 - flipped[:, :, c]
+                    rows[flips] = flipped
+            else:
+                rows = self.array(split, m)[rows_at]
+            out[m] = rows
+        return out
+
+
+def resident_cache(resident: bool | str, folder: Path, device: torch.device) -> bool:
+    """Whether ``dataset.resident`` holds the cache at ``folder`` on ``device``. auto: on CUDA when all of
+    its arrays take at most :data:`RESIDENT_SHARE` of the device's free memory; on the CPU no: there the
+    memory-mapped reader serves the same bytes from the OS page cache, shared by every trial on the
+    machine, where a resident copy would be one more copy of the whole cache per trial."""
+    if resident != "auto":
+        return bool(resident)
+    if device.type != "cuda":
+        return False
+    size = sum(f.stat().st_size for f in folder.glob("*/*.npy"))
+    free, _ = torch.cuda.mem_get_info(device)
+    return size <= RESIDENT_SHARE * free
+
+
 def to_float(x: Tensor, spec: Modality) -> Tensor:
     """What the model sees: uint8 scaled to [0, 1] and normalised per channel, floats as float32,
     integer ids unchanged."""
@@ -676,9 +739,10 @@ class _Loader:
 
 
 class CacheSplit:
-    """A split read from the prepared cache; same interface as :class:`TensorSplit` for the loop."""
+    """A split read from the prepared cache; same interface as :class:`TensorSplit` for the loop.
+    ``loader`` reads from disk through a DataLoader (:class:`_Loader`) or from the device (:class:`_Resident`)."""
 
-    def __init__(self, split: str, loader: _Loader, labels: np.ndarray, counts: dict[str, np.ndarray],
+    def __init__(self, split: str, loader: _Loader | _Resident, labels: np.ndarray, counts: dict[str, np.ndarray],
                  modalities: dict[str, Modality], flip: bool, rows: np.ndarray | None = None):
         self.name, self.loader, self.labels_np = split, loader, labels
         self.counts, self.modalities, self.flip = counts, modalities, flip
@@ -767,15 +831,21 @@ def load_real(cfg: RealDataConfig, device: torch.device) -> MultimodalData:
                     tuple(s.get("flip_invert", ())))
         for m, s in meta["modalities"].items()
     }
-    workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
-    loader = _Loader(_Reader(folder, modalities), workers, device)
+    device = torch.device(device)
+    resident = resident_cache(cfg.resident, folder, device)
+    if resident:
+        loader: _Loader | _Resident = _Resident(folder, modalities, device)
+    else:
+        workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
+        loader = _Loader(_Reader(folder, modalities), workers, device)
 
     def split(name: str) -> CacheSplit:
         labels = np.load(folder / name / "labels.npy")
         counts = {m: np.load(folder / name / f"{m}.count.npy") for m, s in modalities.items() if s.frames}
         return CacheSplit(name, loader, labels, counts, modalities, cfg.flip)
 
-    info = {"cache": str(folder), "classes": meta["classes"], "splits": meta["splits"], "skipped": len(meta["skipped"])}
+    info = {"cache": str(folder), "classes": meta["classes"], "splits": meta["splits"], "skipped": len(meta["skipped"]),
+            "resident": resident}
     return MultimodalData(
         split("train"), split("val"), split("test"), list(modalities), len(meta["classes"]),
         {m: s.item_shape for m, s in modalities.items()}, info,

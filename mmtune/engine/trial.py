@@ -50,11 +50,17 @@ from mmtune.errors import ConfigError, Problem, did_you_mean, shorten
 from mmtune.models import ModelConfig, build_model, use_channels_last
 
 __all__ = ["TrainConfig", "TrialSpec", "Trial", "parse_trial_config", "preflight", "memory_of_machine", "TRIAL_SECTIONS",
-           "resolve_device", "reserve_holdout"]
+           "resolve_device", "resolve_precision", "resolve_channels_last", "compile_encoders", "reserve_holdout"]
 
 TRIAL_SECTIONS = ("method", "label", "seed", "dataset", "model", "train", "params")
 # Metrics that measure the machine, not the model: excluded from reproducibility comparisons.
 TIMING_KEYS = ("epoch_s", "samples_per_s")
+# train.compile: off, on (torch.compile's "default" mode), or a torch.compile mode by name.
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
+# Keys that change how a trial runs, not what it computes (up to float rounding): a checkpoint written
+# with other values of them loads (a compiled trial's checkpoint in an uncompiled one, a resident cache's
+# in a loader's). Section -> keys.
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {"train": ("compile",), "dataset": ("resident",)}
 
 
 @dataclass(frozen=True)
@@ -72,11 +78,18 @@ class TrainConfig(Record):
     probe: bool = hp(False, doc="also report val_probe/<m>, test_probe/<m>: a linear probe per frozen encoder "
                                 "(one extra encoder pass over every split per epoch)")
     device: str = hp("auto", choices=("auto", "cpu", "cuda"), doc="auto = cuda when available")
-    precision: str = hp("fp32", choices=tuple(PRECISIONS), doc="fp32 | bf16 | fp16: bf16/fp16 run the model's forward "
-                                                             "pass under autocast (fp16 with a GradScaler); loss and "
-                                                             "method statistics stay fp32")
-    channels_last: bool = hp(False, doc="hold CNN/ResNet encoders and their 4-D inputs in torch.channels_last memory "
-                                        "format (faster convolutions on CUDA)")
+    precision: str = hp("auto", choices=("auto", *PRECISIONS),
+                        doc="auto | fp32 | bf16 | fp16: bf16/fp16 run the model's forward pass under autocast (fp16 with "
+                            "a GradScaler); loss and method statistics stay fp32. auto: fp32 on CPU; on CUDA bf16 where "
+                            "the GPU supports it, else fp16")
+    channels_last: bool | str = hp("auto", choices=("auto", True, False),
+                                   doc="hold CNN/ResNet encoders and their 4-D inputs in torch.channels_last memory "
+                                       "format (faster convolutions on CUDA). auto: on CUDA when an encoder convolves, "
+                                       "off on CPU")
+    compile: bool | str = hp(False, choices=COMPILE_MODES,
+                             doc="torch.compile each encoder in place (true = mode 'default'; or 'reduce-overhead', "
+                                 "'max-autotune'). Off by default: compiling costs tens of seconds per trial, more "
+                                 "than short trials gain")
 
 
 @dataclass(frozen=True)
@@ -212,17 +225,59 @@ def _bytes(n: int) -> str:
 
 
 def resolve_device(name: str, precision: str = "fp32") -> torch.device:
+    """The device of ``train.device``; an explicit ``precision`` its autocast lacks is a config error
+    (``auto`` is resolved later, by :func:`resolve_precision`, to one it has)."""
     if name == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     elif name == "cuda" and not torch.cuda.is_available():
         raise ConfigError([Problem("train.device", "is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")])
     else:
         device = torch.device(name)
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS.get(precision)
     if dtype is not None and not _autocast_supports(device, dtype):
         raise ConfigError([Problem("train.precision", f"is '{precision}' but this torch's {device.type} autocast does "
                                                       f"not support {dtype}; use bf16 on CPU, fp16 on CUDA.")])
     return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` as it runs on ``device``. auto: fp32 on the CPU (so CPU results stay
+    bit-identical to the fp32 loop, pinned by tests/engine/test_golden.py); on CUDA bf16 where the GPU's
+    autocast supports it (Ampere and later: fp32's range, no scaler), else fp16 with the GradScaler, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    for name in ("bf16", "fp16"):
+        if _autocast_supports(device, PRECISIONS[name]):
+            return name
+    return "fp32"
+
+
+def resolve_channels_last(channels_last: bool | str, device: torch.device, model: torch.nn.Module) -> bool:
+    """``train.channels_last`` as it runs. auto: on CUDA when an encoder convolves (cnn, resnet18: the layout
+    of cuDNN's tensor-core convolution kernels); off on the CPU (the fp32 golden path) and for
+    models with no convolving encoder, where it changes nothing."""
+    if channels_last != "auto":
+        return bool(channels_last)
+    return device.type == "cuda" and any(hasattr(e, "use_channels_last") for e in model.encoders.values())
+
+
+def compile_encoders(model: torch.nn.Module, mode: bool | str) -> str | None:
+    """``train.compile``: compile each encoder in place (``nn.Module.compile``) and return the mode (None: off).
+
+    Encoders, not the whole model: methods call ``model.encoders[m]`` directly (UME, MLA, ReconBoost, UMT)
+    and ``unimodal_logits`` / ``modality_logits`` / ``subset_logits`` skip ``forward``, so compiling
+    ``model.forward`` would leave them uncompiled; the encoders hold the compute, and compiling them in
+    place keeps every call path compiled. ``Module.compile`` keeps the module and its parameters, so the
+    state_dict keys stay as they are (no ``_orig_mod.`` prefix) and checkpoints move freely between
+    compiled and uncompiled trials; a deep copy (UMT's teachers) is an uncompiled module."""
+    if mode is False:
+        return None
+    mode = "default" if mode is True else mode
+    for encoder in model.encoders.values():
+        encoder.compile(mode=mode)
+    return mode
 
 
 def _autocast_supports(device: torch.device, dtype: torch.dtype) -> bool:
@@ -271,6 +326,7 @@ class Trial:
     def __init__(self, spec: TrialSpec):
         self.spec = spec
         self.device = resolve_device(spec.train.device, spec.train.precision)
+        self.precision = resolve_precision(spec.train.precision, self.device)
         data = build_dataset(spec.dataset, self.device)
         method_cls: type[BalancingMethod] = get_method(spec.method)
         modalities = method_cls.select_modalities(spec.params, data.modalities)
@@ -278,10 +334,12 @@ class Trial:
         torch.manual_seed(spec.seed)  # model initialisation
         self.model = build_model(spec.model, input_shapes=self.data.input_shapes, num_classes=self.data.num_classes)
         self.model.to(self.device)
-        if spec.train.channels_last:
+        self.channels_last = resolve_channels_last(spec.train.channels_last, self.device, self.model)
+        if self.channels_last:
             use_channels_last(self.model)
+        self.compile_mode = compile_encoders(self.model, spec.train.compile)
         # fp16 scales the loss so that small gradients do not flush to zero (bf16 has fp32's range: no scaler).
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec.train.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.method = method_cls(spec.params, modalities=modalities, num_classes=self.data.num_classes, device=self.device)
         self.method.bind(self.model)
         # What the loop trains on: the training split less what the method reserves (train_indices).
@@ -304,6 +362,15 @@ class Trial:
     @property
     def modalities(self) -> list[str]:
         return self.data.modalities
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """What this trial runs with after every ``auto`` is resolved: device, precision, channels_last,
+        compile (the mode, or None) and resident (a prepared cache held on the device; None: not a real
+        dataset). A spec's ``auto`` is stored as written (``train.precision`` column "auto"); this is what ran,
+        for reports of the run (bench/gpu.py and ``mmtune sweep --plan`` read it)."""
+        return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
+                "compile": self.compile_mode, "resident": self.data.info.get("resident")}
 
     def stage_of(self, epoch: int) -> tuple[Stage, int, bool]:
         """The stage of a 1-based epoch, the epoch's 1-based index within it, and whether it is the last stage."""
@@ -333,7 +400,7 @@ class Trial:
         stats = train_epoch(
             self.model, self.train_split, self.method, self.optimizer, ctx,
             batch_size=t.batch_size, data_generator=self.data_generator, grad_clip=t.grad_clip,
-            precision=t.precision, scaler=self.scaler,
+            precision=self.precision, scaler=self.scaler,
         )
         self.global_step = ctx.global_step
         if self.scheduler is not None:
@@ -345,9 +412,9 @@ class Trial:
         train_s = time.perf_counter() - start
         device_metrics = {"train_loss": train_loss}
         device_metrics.update(evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, prefix="val", method=self.method,
-                                       precision=t.precision))
+                                       precision=self.precision))
         device_metrics.update(evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, prefix="test", imbalance=False,
-                                       method=self.method, precision=t.precision))
+                                       method=self.method, precision=self.precision))
         if t.probe:
             device_metrics.update(probe_metrics(self.model, self.data.train, {"val": self.data.val, "test": self.data.test},
                                                 batch_size=t.eval_batch_size))
@@ -405,14 +472,26 @@ class Trial:
 
     def _same_config(self, stored: Mapping[str, Any]) -> bool:
         """Whether a checkpoint's config is this trial's. A checkpoint written before a key existed (a
-        newer mmtune added ``train.precision``) is the same config when the key's default fills it in."""
+        newer mmtune added ``train.precision``) is the same config when the key's default fills it in;
+        precision and channels_last compare as resolved on this trial's device (an old explicit "fp32" is
+        this CPU trial's "auto"), and the :data:`RUNTIME_KEYS` (compile, resident) do not count."""
         current = self.spec.to_config()
         if stored == current:
             return True
         try:
-            return parse_trial_config(stored).to_config() == current
+            return self._comparable(parse_trial_config(stored).to_config()) == self._comparable(current)
         except ConfigError:
             return False
+
+    def _comparable(self, config: dict[str, Any]) -> dict[str, Any]:
+        config = {**config, **{section: dict(config[section]) for section in RUNTIME_KEYS}}
+        for section, keys in RUNTIME_KEYS.items():
+            for key in keys:
+                config[section].pop(key, None)
+        train = config["train"]
+        train["precision"] = resolve_precision(train["precision"], self.device)
+        train["channels_last"] = resolve_channels_last(train["channels_last"], self.device, self.model)
+        return config
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not self._same_config(state["config"]):

@@ -276,3 +276,74 @@ def test_a_dataset_without_index_or_decode_is_refused_at_registration():
     with pytest.raises(TypeError, match="does not define decode"):
         register_dataset(Half)
     assert "half" not in REAL_DATASETS
+
+
+# -- dataset.resident: the prepared cache held on the training device ---------------------------------
+
+
+def all_batches(data, seed: int = 3) -> list:
+    """Every batch of a shuffled training pass, a subset's pass, and the evaluation passes, as plain tensors."""
+    passes = [data.train.batches(6, generator=torch.Generator().manual_seed(seed)),
+              data.train.subset(torch.tensor([5, 0, 9, 2])).batches(3, generator=torch.Generator().manual_seed(seed)),
+              data.val.batches(2), data.test.batches(4)]
+    return [(b.labels, b.index, b.inputs["audio"], b.inputs["video"]) for p in passes for b in p]
+
+
+def test_a_resident_cache_serves_the_loaders_batches(tmp_path):
+    root = write_toy(tmp_path / "toy")
+    on_device = build_dataset(toy_config(root, resident=True), "cpu")
+    loader = build_dataset(toy_config(root, resident=False, workers=1), "cpu")
+    assert on_device.info["resident"] is True and loader.info["resident"] is False
+    a, b = all_batches(on_device), all_batches(loader)
+    assert len(a) == len(b) == 5 + 2 + 2 + 3
+    for x, y in zip(a, b, strict=True):
+        for u, v in zip(x, y, strict=True):
+            assert u.dtype == v.dtype and torch.equal(u, v)
+
+
+def test_a_resident_cache_flips_and_inverts_as_the_reader_does(tmp_path):
+    from mmtune.data.real import _Reader, _Resident
+
+    folder = tmp_path / "cache"
+    (folder / "train").mkdir(parents=True)
+    np.save(folder / "train" / "flow.npy", np.arange(3 * 3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 3, 2, 2, 3))
+    np.save(folder / "train" / "labels.npy", np.arange(3, dtype=np.int64))
+    modalities = {"flow": Modality((3, 2, 2, 3), "uint8", frames=2, flip_invert=(0,))}
+    item = ("train", np.array([2, 0, 1]), {"flow": np.array([[0, 2], [1, 1], [0, 1]])}, np.array([True, False, True]))
+    disk, device = _Reader(folder, modalities)[item], _Resident(folder, modalities, torch.device("cpu")).read(*item)
+    assert disk.keys() == device.keys() and all(torch.equal(disk[k], device[k]) for k in disk)
+
+
+def test_resident_auto_is_off_on_the_cpu_and_a_trial_says_what_ran(tmp_path):
+    root = write_toy(tmp_path / "toy")
+    assert build_dataset(toy_config(root), "cpu").info["resident"] is False  # auto
+    with pytest.raises(ConfigError, match=r"resident.*must be one of"):
+        toy_config(root, resident="yes")
+
+    def run(resident):
+        spec = parse_trial_config({"method": "ogm", "dataset": {"name": "toy", "root": str(root), "workers": 0,
+                                                                "resident": resident},
+                                   "model": {"backbone": "cnn"}, "train": {"epochs": 1, "batch_size": 8, "device": "cpu"}})
+        trial = Trial(spec)
+        return trial.resolved, {k: v for k, v in trial.step().items() if k not in ("epoch_s", "samples_per_s")}
+
+    (resolved_a, a), (resolved_b, b) = run(True), run(False)
+    assert resolved_a["resident"] is True and resolved_b["resident"] is False
+    assert a == b  # the same samples, frames and flips in the same order: the same 1-epoch trial
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_resident_cache_trial_runs_on_cuda(tmp_path):
+    root = write_toy(tmp_path / "toy")
+    data = build_dataset(toy_config(root), "cuda")
+    assert data.info["resident"] is True  # auto: a few KB fit in any GPU's free memory
+    batch = next(iter(data.train.batches(8, generator=torch.Generator().manual_seed(0))))
+    assert batch.inputs["video"].device.type == "cuda" and batch.labels.device.type == "cuda"
+    spec = parse_trial_config({"method": "ogm", "dataset": {"name": "toy", "root": str(root)},
+                               "model": {"backbone": "cnn"}, "train": {"epochs": 1, "batch_size": 8, "device": "cuda"}})
+    trial = Trial(spec)
+    metrics = trial.step()
+    assert trial.resolved["resident"] is True and np.isfinite(metrics["train_loss"])
+    cpu = build_dataset(toy_config(root, resident=True), "cpu")
+    for x, y in zip(all_batches(data), all_batches(cpu), strict=True):
+        assert all(torch.equal(u.cpu(), v) for u, v in zip(x, y, strict=True))

@@ -30,9 +30,11 @@ def run(config: dict, epochs: int) -> list[dict[str, float]]:
     return [trial.step() for _ in range(epochs)]
 
 
-def test_precision_and_channels_last_default_to_fp32_and_off():
+def test_precision_and_channels_last_default_to_auto_which_is_fp32_and_off_on_the_cpu():
     train = parse_trial_config(tiny_config("joint")).train
-    assert train.precision == "fp32" and train.channels_last is False
+    assert train.precision == "auto" and train.channels_last == "auto"
+    trial = Trial(parse_trial_config(tiny_config("joint", train={"device": "cpu"})))
+    assert trial.resolved["precision"] == "fp32" and trial.resolved["channels_last"] is False
 
 
 def test_an_unknown_precision_is_a_config_error_naming_the_key():
