@@ -12,6 +12,8 @@
   [--smoke-test]`` — apply the overrides (``train.epochs=5 seeds=[0,1] alpha=0.5``), validate, then run the sweep with Ray Tune; live progress; Parquet tables under
   ``<storage>/<name>``. Exit 0 when every trial finished (or was stopped early by ASHA), 1 when some
   trial ended in ERROR (the others still ran), 2 for an invalid spec (nothing started or written).
+  ``--plan [--plan-margin M] [--json]`` runs nothing: a one-batch probe per configuration measures the per-trial
+  memory and step time, and says how many trials fit per GPU and the ``resources.gpu`` to write (:mod:`mmtune.sweep.plan`).
 * ``mmtune example [NAME [DEST]]`` — list the shipped specs (``search_spaces/``, inside the installed package
   too), or copy one out to edit. ``mmtune sweep``/``validate`` take a shipped spec by name from any folder.
 * ``mmtune resume DIR [--retry-errored] [--trust-pickles]`` — continue an interrupted sweep from its checkpoints
@@ -299,6 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         *(((f"Bayes limit ({'joint' if k == 'bayes_acc' else k.split('/')[1] + ' alone'})", v) for k, v in limits.items())),
         ("wall time (s)", total),
         ("device", f"{trial.device} ({threads} threads)" if trial.device.type == "cpu" else str(trial.device)),
+        ("ran with", _ran_with(trial.resolved)),
     ]
     for name, value in rows:
         summary.add_row(name, _fmt(value))
@@ -306,6 +309,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**metrics, **limits, "wall_s": total, "threads": threads}), flush=True)
     return 0
+
+
+def _ran_with(resolved: dict[str, Any]) -> str:
+    """The trial's GPU-path settings with every ``auto`` resolved (precision, channels_last, compile, resident)."""
+    parts = [resolved["precision"]]
+    if resolved["channels_last"]:
+        parts.append("channels_last")
+    if resolved["compile"]:
+        parts.append(f"compile={resolved['compile']}")
+    if resolved.get("resident") is not None:
+        parts.append("cache on the device" if resolved["resident"] else "cache read by the loader")
+    return ", ".join(parts)
 
 
 def yaml_value(value: Any) -> str:
@@ -449,7 +464,16 @@ def _sweep_exit(outcome, console) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mmtune.sweep.spec import load_spec
+    if args.plan or args.json or args.plan_margin is not None:  # plans without Ray (not even imported)
+        if not args.plan:
+            raise ConfigError(Problem("--json" if args.json else "--plan-margin", "only goes with --plan."))
+        from mmtune.sweep.plan import DEFAULT_MARGIN, run_plan
+        from mmtune.sweep.spec import smoke_spec
+
+        spec = load_spec_with_overrides(args.spec, args.overrides)
+        margin = DEFAULT_MARGIN if args.plan_margin is None else args.plan_margin
+        return run_plan(smoke_spec(spec) if args.smoke_test else spec, margin=margin, as_json=args.json,
+                        max_concurrent=args.max_concurrent)
     from mmtune.sweep.tuner import check_sweep_name, run_sweep
 
     if args.name is not None:
@@ -635,6 +659,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster address ('auto' = the running cluster; default: RAY_ADDRESS or local)")
     sweep.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
     sweep.add_argument("--smoke-test", action="store_true", help="≤2 epochs, small data, one seed: check a spec in seconds")
+    sweep.add_argument("--plan", action="store_true", help="run nothing: probe one batch per configuration, print the "
+                                                           "per-trial memory, trials per GPU and the resources.gpu to write")
+    sweep.add_argument("--plan-margin", type=float, metavar="M", help="share of free memory --plan packs into, in (0, 1] [0.9]")
+    sweep.add_argument("--json", action="store_true", help="with --plan: print the plan as one JSON object")
     sweep.set_defaults(handler=cmd_sweep)
 
     example = verbs.add_parser("example", help="list the shipped sweep specs, or copy one out to edit",
