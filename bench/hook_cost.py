@@ -1,0 +1,228 @@
+"""Where a method's per-step cost goes on the CPU default: ATen ops per hook, OGM's hook by part, and
+whether host-side scalar math could replace the (M,)-sized tensor ops (issue 24's CPU-overhead study).
+
+The mlp default's step (~1.2 ms) is dispatch-bound: each ATen op costs microseconds whatever its size,
+so a hook's cost is roughly its op count. Three parts (``--parts``, all by default):
+
+* **ops**: the ATen ops each hook of each method dispatches in one training step (after a full epoch,
+  so lazily built state is built), counted with a ``TorchDispatchMode`` around the hook calls; the
+  backward of an ``extra_loss`` runs in the loop, outside the hooks, and is not counted.
+* **ogm**: OGM's ``modulate_gradients`` by part, each timed ``--repeats`` times on a real batch, best
+  of 5: the stacked uni-modal logits, the scores and ρ (Eq. 6–7), k (Eq. 11), the gradient scaling,
+  the traces; the whole hook; and the joint step (forward, backward, SGD) for scale.
+* **host**: ρ and k (ratio form, tanh, the paper's k) computed on the host in float32 arithmetic
+  (numpy float32, IEEE-exact like torch's; tanh through torch) against the tensor path, bit for bit,
+  on ``--samples`` random score vectors for M = 2 and 3, and both paths timed; and how many values
+  numpy's float32 tanh gives differently from torch's vectorised one.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/hook_cost.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/hook_cost.py --parts ops --methods ogm,opm,amss,amss+,aim --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import console, emit_json, parse_entry  # noqa: E402
+
+HOOKS = ("before_forward", "loss", "extra_loss", "modulate_gradients", "after_step")
+PARTS = ("ops", "ogm", "host")
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket.__name__)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def build_trial(entry: str, n_train: int, batch_size: int) -> Any:
+    import mmtune.trainables  # noqa: F401  registers the methods
+    from mmtune.engine.trial import Trial, parse_trial_config
+
+    name, params = parse_entry(entry)
+    return Trial(parse_trial_config({
+        "method": name, "seed": 0, "params": params, "dataset": {"n_train": n_train, "n_val": 64, "n_test": 64},
+        "model": {"backbone": "mlp"}, "train": {"batch_size": batch_size, "epochs": 3, "device": "cpu"},
+    }))
+
+
+def hook_ops(entry: str, n_train: int, batch_size: int) -> dict[str, int]:
+    """ATen ops per hook in one training step of the method's second epoch."""
+    trial = build_trial(entry, n_train, batch_size)
+    trial.step()
+    method, counters, step = trial.method, {h: _OpCounter() for h in HOOKS}, [0]
+    for hook in HOOKS:
+        original = getattr(method, hook)
+
+        def counted(*args, _original=original, _hook=hook, **kwargs):
+            if step[0] != 1:  # the epoch's second step: past any first-step set-up
+                return _original(*args, **kwargs)
+            with counters[_hook]:
+                return _original(*args, **kwargs)
+        setattr(method, hook, counted)
+    after = method.after_step
+
+    def next_step(*args, **kwargs):
+        out = after(*args, **kwargs)
+        step[0] += 1
+        return out
+    method.after_step = next_step
+    trial.step()
+    return {h: sum(c.ops.values()) for h, c in counters.items() if c.ops}
+
+
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Seconds per call: the best of 5 runs of ``repeats`` calls, after a warm-up."""
+    for _ in range(max(repeats // 10, 20)):
+        fn()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
+
+
+def ogm_parts(n_train: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """Microseconds of each part of OGM's modulate_gradients (and the joint step), on a real batch."""
+    from mmtune.engine.metrics import discrepancy_ratio, unimodal_score_sums
+    from mmtune.trainables.ogm import gradient_coefficient, modulate
+
+    trial = build_trial("ogm", n_train, batch_size)
+    model, method, cfg = trial.model, trial.method, trial.method.config
+    batch = next(iter(trial.train_split.batches(batch_size, generator=torch.Generator().manual_seed(0))))
+    out = model(batch.inputs)
+    F.cross_entropy(out.logits, batch.labels).backward()
+
+    def joint_step() -> None:
+        trial.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(batch.inputs).logits, batch.labels).backward()
+        trial.optimizer.step()
+
+    times = {"joint step (forward, backward, SGD)": best_time(joint_step, max(repeats // 6, 50))}
+    F.cross_entropy(model(batch.inputs).logits, batch.labels).backward()  # gradients for the hook to scale
+    with torch.no_grad():
+        uni = model.stacked_unimodal_logits(out.features, bias_split=cfg.gamma)
+        sums = unimodal_score_sums(uni, batch.labels)
+        rho = discrepancy_ratio(sums, cfg.discrepancy)
+        k = gradient_coefficient(rho, cfg.alpha, k_form=cfg.k_form, z=cfg.z)
+        grads = {m: [p.grad for p in method.groups[m] if p.grad is not None] for m in method.modalities}
+
+        def scale() -> None:
+            for i, m in enumerate(method.modalities):
+                modulate(grads[m], k[i])
+
+        def traces() -> None:
+            method.traces.add_many("k", k, method.modalities)
+            method.traces.add_many("rho", rho, method.modalities)
+
+        times["stacked uni-modal logits"] = best_time(
+            lambda: model.stacked_unimodal_logits(out.features, bias_split=cfg.gamma), repeats)
+        times["scores and rho (Eq. 6-7), from the logits"] = best_time(
+            lambda: discrepancy_ratio(unimodal_score_sums(uni, batch.labels), cfg.discrepancy), repeats)
+        times["k (Eq. 11)"] = best_time(lambda: gradient_coefficient(rho, cfg.alpha, k_form=cfg.k_form, z=cfg.z), repeats)
+        times["gradient scaling (all modalities)"] = best_time(scale, repeats)
+        times["traces"] = best_time(traces, repeats)
+        times["a 0-d tensor add, for scale"] = best_time(lambda: rho + 1.0, repeats)
+
+    class _Ctx:
+        generator = None
+        device = torch.device("cpu")
+
+    times["the whole hook"] = best_time(lambda: method.modulate_gradients(model, out, batch, _Ctx()), repeats)
+    return {name: round(seconds * 1e6, 2) for name, seconds in times.items()}
+
+
+def host_rho_k(sums: list[float], alpha: float) -> tuple[list[np.float32], list[np.float32]]:
+    """ρ (Eq. 7, ratio form) and k (Eq. 11, tanh, the paper's form) in float32 on the host, op for op as the
+    tensor path computes them (:func:`mmtune.engine.metrics.discrepancy_ratio`, ``gradient_coefficient``)."""
+    from mmtune.engine.metrics import EPS
+
+    f32 = np.float32
+    s = [f32(v) for v in sums]
+    inv = [f32(1.0) / (v + f32(EPS)) for v in s]
+    total = f32(0.0)
+    for v in inv:
+        total = total + v
+    m = len(s)
+    rho = [v * (total - i) / f32(m - 1) for v, i in zip(s, inv, strict=True)]
+    z = torch.tanh(torch.tensor([r - f32(1.0) for r in rho], dtype=torch.float32)).tolist()
+    k = [max(f32(1.0) - f32(alpha) * f32(t), f32(0.0)) if r > 1.0 else f32(1.0) for r, t in zip(rho, z, strict=True)]
+    return rho, k
+
+
+def host_study(samples: int, repeats: int, alpha: float = 0.8) -> dict[str, Any]:
+    from mmtune.engine.metrics import discrepancy_ratio
+    from mmtune.trainables.ogm import gradient_coefficient
+
+    generator = torch.Generator().manual_seed(0)
+    differ = 0
+    for m in (2, 3):
+        for _ in range(samples):
+            sums = torch.rand(m, generator=generator) * 64
+            rho = discrepancy_ratio(sums)
+            k = gradient_coefficient(rho, alpha)
+            rho_h, k_h = host_rho_k(sums.tolist(), alpha)
+            differ += rho.tolist() != [float(v) for v in rho_h] or k.tolist() != [float(v) for v in k_h]
+    x = (torch.rand(samples, 2, generator=generator) * 6 - 3)
+    tanh_differ = sum(float(a) != b for a, b in zip(np.tanh(x.numpy()).ravel(), torch.tanh(x).ravel().tolist(), strict=True))
+    sums = torch.rand(2, generator=generator) * 64
+    tensor_us = best_time(lambda: gradient_coefficient(discrepancy_ratio(sums), alpha), repeats) * 1e6
+    host_us = best_time(lambda: host_rho_k(sums.tolist(), alpha), repeats) * 1e6
+    return {"vectors": 2 * samples, "host_differs_from_tensor": differ, "tensor_rho_k_us": round(tensor_us, 2),
+            "host_rho_k_us": round(host_us, 2), "tanh_values": x.numel(), "numpy_tanh_differs_from_torch": tanh_differ}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--methods", default="ogm,opm,amss,amss+,aim", help="method entries for the ops part")
+    parser.add_argument("--n-train", type=int, default=640)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3000, help="calls per timing run (best of 5 runs)")
+    parser.add_argument("--samples", type=int, default=20000, help="random score vectors per M in the host part")
+    parser.add_argument("--json", action="store_true", help="last stdout line: the results as JSON")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        parser.error(f"--parts: unknown {', '.join(unknown) or '(none given)'}; the parts are {', '.join(PARTS)}")
+    out = console(args.json)
+    results: dict[str, Any] = {}
+    if "ops" in parts:
+        entries = [e.strip() for e in args.methods.split(",") if e.strip()]  # aliases too: amss+, ogm-ge
+        results["ops"] = {e: hook_ops(e, args.n_train, args.batch_size) for e in entries}
+        for entry, hooks in results["ops"].items():
+            out.print(f"{entry:8s} ATen ops per step in its hooks: {sum(hooks.values()):4d}  {hooks}")
+    if "ogm" in parts:
+        results["ogm"] = ogm_parts(args.n_train, args.batch_size, args.repeats)
+        for name, us in results["ogm"].items():
+            out.print(f"ogm  {name:45s} {us:9.2f} µs")
+    if "host" in parts:
+        results["host"] = host_study(args.samples, args.repeats)
+        out.print(f"host {results['host']}")
+    if args.json:
+        emit_json(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
