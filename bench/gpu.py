@@ -470,17 +470,24 @@ def _runs(resolved: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in resolved.items())
 
 
-def render(result: dict[str, Any], out: Any) -> None:
+def _table(title: str, columns: tuple[str, ...], *, left: tuple[str, ...]) -> Any:
+    """A rich table with these columns, right-aligned except the ``left`` ones."""
     from rich.table import Table
 
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right")
+    return table
+
+
+def render(result: dict[str, Any], out: Any) -> None:
     label, parts = result["device_label"], result["parts"]
     smoke = " · SMOKE (tiny sizes, not a performance figure)" if result["smoke"] else ""
     if "steps" in parts:
         c = parts["steps"]["config"]
-        table = Table(title=f"steps: training-epoch time vs joint · {c['backbone']} {c['image_size']}² · batch "
-                            f"{c['batch_size']} · {c['n_train']} samples · {label}{smoke}")
-        for col in ("method", "median epoch (s)", "ratio vs joint (paired)", "IQR", "ratio of medians"):
-            table.add_column(col, justify="left" if col == "method" else "right")
+        table = _table(f"steps: training-epoch time vs joint · {c['backbone']} {c['image_size']}² · batch "
+                       f"{c['batch_size']} · {c['n_train']} samples · {label}{smoke}",
+                       ("method", "median epoch (s)", "ratio vs joint (paired)", "IQR", "ratio of medians"), left=("method",))
         for r in parts["steps"]["rows"]:
             table.add_row(r["method"], _f(r["median_epoch_s"]), _f(r["ratio"], ".3f"), f"{r['q1']:.3f}–{r['q3']:.3f}",
                           _f(r["ratio_of_medians"], ".3f"))
@@ -488,10 +495,10 @@ def render(result: dict[str, Any], out: Any) -> None:
         out.print(f"trials ran with {_runs(c['runs_with'])}")
     if "amp" in parts:
         c = parts["amp"]["config"]
-        table = Table(title=f"amp: speedup over fp32 contiguous · {c['backbone']} {c['image_size']}² · batch "
-                            f"{c['batch_size']} · {label}{smoke}")
-        for col in ("method", "variant", "median epoch (s)", "speedup (paired)", "IQR", "skipped"):
-            table.add_column(col, justify="left" if col in ("method", "variant", "skipped") else "right")
+        table = _table(f"amp: speedup over fp32 contiguous · {c['backbone']} {c['image_size']}² · batch "
+                       f"{c['batch_size']} · {label}{smoke}",
+                       ("method", "variant", "median epoch (s)", "speedup (paired)", "IQR", "skipped"),
+                       left=("method", "variant", "skipped"))
         for r in parts["amp"]["rows"]:
             if r["skipped"]:
                 table.add_row(r["method"], r["variant"], "—", "—", "", r["skipped"])
@@ -501,19 +508,18 @@ def render(result: dict[str, Any], out: Any) -> None:
         out.print(table)
         out.print(parts["amp"]["compile"]["note"])
     if "memory" in parts:
-        table = Table(title=f"memory: peak CUDA memory of one trial · {label}{smoke}")
-        for col in ("method", "max allocated (MiB)", "max reserved (MiB)", "trials that fit", "reason"):
-            table.add_column(col, justify="left" if col in ("method", "reason") else "right")
+        table = _table(f"memory: peak CUDA memory of one trial · {label}{smoke}",
+                       ("method", "max allocated (MiB)", "max reserved (MiB)", "trials that fit", "reason"),
+                       left=("method", "reason"))
         for r in parts["memory"]["rows"]:
             table.add_row(r["method"], _mib(r["max_allocated_bytes"]), _mib(r["max_reserved_bytes"]),
                           _f(r["fits_per_device"], "d"), r["reason"] or "")
         out.print(table)
     if "packing" in parts:
         c = parts["packing"]["config"]
-        table = Table(title=f"packing: k joint trials at once, one process each · {c['backbone']} {c['image_size']}² · "
-                            f"batch {c['batch_size']} · {label}{smoke}")
-        for col in ("k", "per-trial samples/s", "total samples/s", "speedup vs k sequential", "note"):
-            table.add_column(col, justify="left" if col == "note" else "right")
+        table = _table(f"packing: k joint trials at once, one process each · {c['backbone']} {c['image_size']}² · "
+                       f"batch {c['batch_size']} · {label}{smoke}",
+                       ("k", "per-trial samples/s", "total samples/s", "speedup vs k sequential", "note"), left=("note",))
         for r in parts["packing"]["rows"]:
             if not r["fits"]:
                 table.add_row(str(r["k"]), "—", "—", "—", r["reason"])
@@ -524,11 +530,11 @@ def render(result: dict[str, Any], out: Any) -> None:
     if "grid" in parts:
         g = parts["grid"]
         shapes = ", ".join(f"{m} {'×'.join(map(str, s))}" for m, s in g["shapes"].items())
-        table = Table(title=f"grid: AMSS Table VIII ({g['taus']} τ × {g['seeds']} seeds × {g['epochs']} epochs) · "
-                            f"ResNet18 ×2 · {shapes} · batch {g['batch_size']} · EXTRAPOLATED · {label}{smoke}")
         unit = g["hours_unit"]
-        for col in ("method", "batch (s)", "epoch (s)", "one trial (h)", f"grid ({unit}-h)", f"grid packed ({unit}-h)"):
-            table.add_column(col, justify="left" if col == "method" else "right")
+        table = _table(f"grid: AMSS Table VIII ({g['taus']} τ × {g['seeds']} seeds × {g['epochs']} epochs) · "
+                       f"ResNet18 ×2 · {shapes} · batch {g['batch_size']} · EXTRAPOLATED · {label}{smoke}",
+                       ("method", "batch (s)", "epoch (s)", "one trial (h)", f"grid ({unit}-h)", f"grid packed ({unit}-h)"),
+                       left=("method",))
         for r in g["rows"]:
             table.add_row(r["method"], _f(r["batch_s"]), _f(r["epoch_s"], ".2f"), _f(r["trial_hours"], ".3f"),
                           _f(r["grid_gpu_hours"], ".2f"), _f(r["grid_gpu_hours_packed"], ".2f"))
