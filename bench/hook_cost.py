@@ -11,6 +11,12 @@ so a hook's cost is roughly its op count. Three parts (``--parts``, all by defau
   of 5: the stacked uni-modal logits, the scores and ρ (Eq. 6–7), k (Eq. 11), the gradient scaling,
   the traces; the whole hook; the joint step (forward, backward, SGD) for scale; and the hook's stages
   timed in place, as the hook runs them one after another.
+* **modes**: whether another way of running the same ops is cheaper, bit for bit: OGM's per-step
+  equations (scores, ρ, k from the stacked uni-modal logits; Eq. 6, 7, 11) eager under ``no_grad`` (as
+  the hook runs them), eager under ``inference_mode``, through ``torch.jit.script`` (deprecated since
+  torch 2.10, still shipped) and through ``torch.compile`` (inductor; ``--no-compile`` leaves it out),
+  each timed and compared with the eager result; and the whole OGM hook under ``no_grad`` vs
+  ``inference_mode``.
 * **host**: ρ and k (ratio form, tanh, the paper's k) computed on the host in float32 arithmetic
   (numpy float32, IEEE-exact like torch's; tanh through torch) against the tensor path, bit for bit,
   on ``--samples`` random score vectors for M = 2 and 3, and both paths timed; and how many values
@@ -18,11 +24,13 @@ so a hook's cost is roughly its op count. Three parts (``--parts``, all by defau
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/hook_cost.py
     OMP_NUM_THREADS=1 .venv/bin/python bench/hook_cost.py --parts ops --methods ogm,opm,amss,amss+,aim --json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/hook_cost.py --parts modes
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -40,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import console, emit_json, parse_entry  # noqa: E402
 
 HOOKS = ("before_forward", "loss", "extra_loss", "modulate_gradients", "after_step")
-PARTS = ("ops", "ogm", "host")
+PARTS = ("ops", "ogm", "modes", "host")
 
 
 class _OpCounter(TorchDispatchMode):
@@ -178,6 +186,76 @@ def _hook_stages_in_place(model: Any, method: Any, out: Any, batch: Any, repeats
     return {f"in place: {name}": total / repeats for name, total in zip(names, spent, strict=True)}
 
 
+def rho_k(uni: torch.Tensor, labels: torch.Tensor, alpha: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """OGM's per-step equations written as one scriptable function, op for op as the hook runs them
+    (``unimodal_score_sums``, ``discrepancy_ratio`` ratio form, ``gradient_coefficient`` paper form, tanh)."""
+    m, b = uni.shape[0], uni.shape[1]
+    sums = torch.softmax(uni, dim=2).gather(2, labels.view(1, b, 1).expand(m, b, 1)).sum(dim=(1, 2))
+    inv = (sums + eps).reciprocal()
+    rho = sums * (inv.sum() - inv) / (m - 1)
+    k = 1.0 - alpha * torch.tanh(rho - 1.0)
+    return rho, torch.where(rho > 1.0, k.clamp_min(0.0), 1.0)
+
+
+def modes_study(n_train: int, batch_size: int, repeats: int, compile_too: bool) -> dict[str, Any]:
+    """Microseconds of OGM's ρ and k under each way of running them, whether each equals eager bit for bit,
+    and the whole hook under no_grad vs inference_mode."""
+    import warnings
+
+    from mmtune.engine.metrics import EPS, discrepancy_ratio, unimodal_score_sums
+    from mmtune.trainables.ogm import gradient_coefficient
+
+    trial = build_trial("ogm", n_train, batch_size)
+    model, method, cfg = trial.model, trial.method, trial.method.config
+    batch = next(iter(trial.train_split.batches(batch_size, generator=torch.Generator().manual_seed(0))))
+    out = model(batch.inputs)
+    F.cross_entropy(out.logits, batch.labels).backward()
+    with torch.no_grad():
+        uni = model.stacked_unimodal_logits(out.features, bias_split=cfg.gamma)
+        rho = discrepancy_ratio(unimodal_score_sums(uni, batch.labels))
+        reference = (rho, gradient_coefficient(rho, cfg.alpha))
+    labels, alpha = batch.labels, float(cfg.alpha)
+
+    generator = torch.Generator().manual_seed(1)
+    probes = [(uni + torch.randn(uni.shape, generator=generator) * scale, labels[torch.randperm(len(labels), generator=generator)])
+              for scale in (0.1, 1.0, 4.0) for _ in range(100)]  # 300 more inputs of the same shape
+
+    def run(fn: Callable[..., Any], grad_mode: Callable[[], Any]) -> dict[str, Any]:
+        with grad_mode():
+            got = fn(uni, labels, alpha, EPS)
+            us = best_time(lambda: fn(uni, labels, alpha, EPS), repeats) * 1e6
+            differ = sum(not all(torch.equal(a, b) for a, b in zip(fn(x, y, alpha, EPS), rho_k(x, y, alpha, EPS), strict=True))
+                         for x, y in probes)
+        return {"us": round(us, 2), "bit_equal": all(torch.equal(a, b) for a, b in zip(got, reference, strict=True)),
+                "probes_differing": f"{differ}/{len(probes)}"}
+
+    results: dict[str, Any] = {"rho_k eager, no_grad (as the hook)": run(rho_k, torch.no_grad),
+                               "rho_k eager, inference_mode": run(rho_k, torch.inference_mode)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(rho_k)
+    results["rho_k torch.jit.script, no_grad"] = run(scripted, torch.no_grad)
+    if compile_too:
+        start = time.perf_counter()
+        compiled = torch.compile(rho_k, dynamic=False)
+        with torch.no_grad():
+            compiled(uni, labels, alpha, EPS)
+        results["rho_k torch.compile (inductor), no_grad"] = {**run(compiled, torch.no_grad),
+                                                               "compile_s": round(time.perf_counter() - start, 1)}
+
+    class _Ctx:
+        generator = None
+        device = torch.device("cpu")
+
+    undecorated = inspect.unwrap(type(method).modulate_gradients)  # the hook's body, without its grad-mode decorator
+    for name, grad_mode in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+        def hook(grad_mode=grad_mode) -> None:
+            with grad_mode():
+                undecorated(method, model, out, batch, _Ctx())
+        results[f"whole OGM hook, {name}"] = {"us": round(best_time(hook, repeats) * 1e6, 2)}
+    return results
+
+
 def host_rho_k(sums: list[float], alpha: float) -> tuple[list[np.float32], list[np.float32]]:
     """ρ (Eq. 7, ratio form) and k (Eq. 11, tanh, the paper's form) in float32 on the host, op for op as the
     tensor path computes them (:func:`mmtune.engine.metrics.discrepancy_ratio`, ``gradient_coefficient``)."""
@@ -226,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3000, help="calls per timing run (best of 5 runs)")
     parser.add_argument("--samples", type=int, default=20000, help="random score vectors per M in the host part")
+    parser.add_argument("--no-compile", action="store_true", help="modes part: leave torch.compile out (it needs a C++ compiler)")
     parser.add_argument("--json", action="store_true", help="last stdout line: the results as JSON")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -243,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         results["ogm"] = ogm_parts(args.n_train, args.batch_size, args.repeats)
         for name, us in results["ogm"].items():
             out.print(f"ogm  {name:45s} {us:9.2f} µs")
+    if "modes" in parts:
+        results["modes"] = modes_study(args.n_train, args.batch_size, args.repeats, not args.no_compile)
+        for name, r in results["modes"].items():
+            extra = "".join(f"  {k}={v}" for k, v in r.items() if k != "us")
+            out.print(f"modes {name:42s} {r['us']:9.2f} µs{extra}")
     if "host" in parts:
         results["host"] = host_study(args.samples, args.repeats)
         out.print(f"host {results['host']}")

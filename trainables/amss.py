@@ -408,7 +408,7 @@ class AMSS(BalancingMethod):
         self.params = list({id(piece.param): piece.param for layer in layers for piece in layer.pieces}.values())
 
     # -- Eq. 2–4 --------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()  # as no_grad, minus autograd's per-op bookkeeping: nothing here is differentiated
     def update_ratios(self, model: MultimodalModel, out: ModelOutput, labels: Tensor) -> tuple[Tensor, Tensor]:
         """ξ^(k) of this batch and p^(k) (updating u^(k)); both (K,) in ``self.modalities`` order."""
         cfg: AMSSConfig = self.config
@@ -445,7 +445,7 @@ class AMSS(BalancingMethod):
                 squared = dict(zip([i for i, g in grads.items() if g is not None],
                                    torch._foreach_mul(present, present), strict=True))
         targets, factors = [], []
-        with torch.no_grad():
+        with torch.inference_mode():
             for group in self.groups:
                 counts = sample_count(p.index_select(0, group.rows), group.units)
                 if squared is None:

@@ -137,6 +137,7 @@ class OGM(BalancingMethod):
             self._noise[modality] = params[0].new_empty(sum(p.numel() for p in params)) if params else torch.empty(0)
         return self._noise[modality]
 
+    @torch.inference_mode()  # as no_grad, minus autograd's per-op bookkeeping: nothing here is differentiated
     def modulate_gradients(self, model: MultimodalModel, out, batch, ctx: StepContext) -> None:
         cfg: OGMConfig = self.config
         rho = batch_discrepancy(model, out, batch.labels, cfg)

@@ -126,6 +126,7 @@ class OPM(BalancingMethod):
         batch.drop = {m: weights[i] for i, m in enumerate(self.modalities)}
         return batch
 
+    @torch.inference_mode()  # as no_grad, minus autograd's per-op bookkeeping: nothing here is differentiated
     def modulate_gradients(self, model: MultimodalModel, out, batch: Batch, ctx: StepContext) -> None:
         # Alg. 1: ρ_t from this step's forward pass gives q_{t+1}, used by the next step's drop.
         cfg: OPMConfig = self.config

@@ -172,7 +172,7 @@ def escape_of(raw: bytes, path: Path) -> str | None:
 _FOLDER = tempfile.TemporaryDirectory(prefix="mmtune-fuzz-")
 
 
-@settings(max_examples=2000, deadline=None, database=None,
+@settings(max_examples=1000, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(raw=spec_bytes())
 def test_no_spec_escapes_validation(raw: bytes) -> None:
