@@ -25,7 +25,6 @@ storage folder and Ray is never imported; the probe frees what it allocated.
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import dataclasses
 import gc
@@ -41,7 +40,7 @@ from typing import Any
 import torch
 
 from mmtune.errors import ConfigError, Problem
-from mmtune.sweep.spec import SweepSpec, _domains, _entry_base, _set_leaves, expand_grid
+from mmtune.sweep.spec import SweepSpec, entry_config, entry_domains, expand_grid
 
 __all__ = ["Device", "Packing", "Plan", "Probe", "compare_gpu_share", "plan", "probe_trial", "render", "suggest_packing",
            "MAX_PROBES", "DEFAULT_MARGIN"]
@@ -405,16 +404,14 @@ def trial_configs(spec: SweepSpec) -> list[dict[str, Any]]:
         first_seed = spec.seeds[0]
         return [c for c in expand_grid(spec) if c["seed"] == first_seed]
     entry = spec.methods[0]
-    base = _entry_base(spec.sections, entry)
-    domains = dict(_domains(base))
+    domains = entry_domains(spec, entry)
     relevant = [p for p in domains if p.startswith(("dataset.", "model."))
                 or p in {f"train.{k}" for k in PROBE_TRAIN_KEYS}]
     configs = [{}]
     for path in relevant:
         configs = [{**c, path: v} for c in configs for v in domains[path].candidates()]
     rest = {p: d.candidates()[0] for p, d in domains.items() if p not in relevant}
-    return [{"method": entry.method, "label": entry.label, "seed": spec.seeds[0],
-             **copy.deepcopy(_set_leaves(base, {**rest, **c}))} for c in configs]
+    return [entry_config(spec, entry, {**rest, **c}, spec.seeds[0]) for c in configs]
 
 
 def probe_key(config: Mapping[str, Any]) -> str:

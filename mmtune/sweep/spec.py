@@ -81,7 +81,7 @@ import yaml
 from mmtune.config import INT64_MAX, MAX_SEED, number_problem
 from mmtune.errors import ConfigError, Problem, did_you_mean, shorten
 
-__all__ = ["shipped_specs", "shipped_specs_dir", "resolve_spec_path", "load_spec_data", "load_yaml_value", "parse_spec_data", "SpecSource", "Domain", "MethodEntry", "SweepSpec", "load_spec", "parse_spec", "expand_grid", "smoke_spec", "DOMAIN_KINDS"]
+__all__ = ["shipped_specs", "shipped_specs_dir", "resolve_spec_path", "load_spec_data", "load_yaml_value", "parse_spec_data", "SpecSource", "Domain", "MethodEntry", "SweepSpec", "load_spec", "parse_spec", "expand_grid", "entry_domains", "entry_config", "smoke_spec", "DOMAIN_KINDS"]
 
 TOP_KEYS = (
     "name", "description", "method", "dataset", "model", "train", "params", "seeds", "search",
@@ -618,6 +618,17 @@ def expand_grid(spec: SweepSpec) -> list[dict[str, Any]]:
     return trials
 
 
+def entry_domains(spec: SweepSpec, entry: MethodEntry) -> dict[str, Domain]:
+    """The searched leaves of one method entry's trials, by dotted path (``params.alpha``), in spec order."""
+    return dict(_domains(_entry_base(spec.sections, entry)))
+
+
+def entry_config(spec: SweepSpec, entry: MethodEntry, values: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """One trial config of a method entry: every searched leaf set from ``values`` (dotted path → value)."""
+    config = _set_leaves(_entry_base(spec.sections, entry), values)
+    return {"method": entry.method, "label": entry.label, "seed": seed, **copy.deepcopy(config)}
+
+
 def _entry_base(sections: Mapping[str, Mapping[str, Any]], entry: MethodEntry) -> dict[str, Any]:
     """The sections of one method entry's trials: its own params over the shared ones."""
     return {**sections, "params": {**sections["params"], **entry.params}}
@@ -637,9 +648,8 @@ def _configurations(base: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 def optuna_base(spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed part of the trial config, nested Tune search space) of an Optuna sweep."""
     entry = spec.methods[0]
-    base = _entry_base(spec.sections, entry)
-    domains = dict(_domains(base))
-    fixed = _set_leaves(base, {path: None for path in domains}, drop=True)
+    domains = entry_domains(spec, entry)
+    fixed = _set_leaves(_entry_base(spec.sections, entry), {path: None for path in domains}, drop=True)
     space: dict[str, Any] = {}
     for path, domain in domains.items():
         node = space
