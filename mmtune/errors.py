@@ -40,8 +40,9 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 
 
 def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
+    """``unknown method 'ogmm'. Did you mean 'ogm'? Known methods: …``; a long name is quoted cut (``shorten``)."""
     known = sorted(known)
-    return f"unknown {kind} '{name}'.{did_you_mean(name, known)} Known {kind}s: {', '.join(known)}."
+    return f"unknown {kind} {shorten(str(name))}.{did_you_mean(name, known)} Known {kind}s: {', '.join(known)}."
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,18 @@ def test_malformed_specs_name_the_problem(tmp_path, text, expected):
     assert any(expected in p for p in got), (expected, got)
 
 
+LONG = "x" * 5000
+
+
+@pytest.mark.parametrize("text", [f"name: x\nmethod: {LONG}\n", f"name: x\nmethod: joint\nmodel: {{fusion: {LONG}}}\n",
+                                  f"name: x\nmethod: joint\nmodel: {{backbone: {LONG}}}\n"], ids=["method", "fusion", "backbone"])
+def test_a_long_unknown_name_is_quoted_cut_in_its_problem(tmp_path, text):
+    # Found by the spec fuzz: the unknown-name message quoted a 5,000-character method name in full.
+    got = problems(tmp_path, text)
+    assert len(got) == 1 and "unknown" in got[0] and "(5,002 characters)" in got[0], got
+    assert len(got[0]) < 1_000
+
+
 def test_validate_cli_exits_2_and_writes_nothing(tmp_path, capsys):
     spec = write(tmp_path, "name: x\nmethod: ogmm\n")
     before = set(os.listdir(tmp_path))

@@ -4,6 +4,7 @@ exception), quickly, and with a message of readable length. Parsing only: Ray is
 
 from __future__ import annotations
 
+import copy
 import datetime
 import math
 import tempfile
@@ -35,7 +36,9 @@ NASTY = [math.nan, math.inf, -math.inf, 2**63, 2**63 - 1, 2**64, 10**30, -(2**63
          datetime.date(2024, 1, 1)]
 
 leaves = st.one_of(
-    st.sampled_from(NASTY), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    # A fresh copy per draw: a mutation that walks into a drawn [[]] or {"a": 1} and appends to it must not
+    # change NASTY itself, or later test cases draw different data (Hypothesis: FlakyStrategyDefinition).
+    st.sampled_from(NASTY).map(copy.deepcopy), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
     st.binary(max_size=6), st.booleans(), st.none(),
 )
 keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=8), st.integers(-3, 3), st.booleans(), st.none(), st.floats(0, 2))
