@@ -462,8 +462,9 @@ class AMSS(BalancingMethod):
                     for piece in layer.pieces:
                         g = grads[id(piece.param)]
                         if g is not None:
-                            targets.append(piece.of(g))
-                            factors.append(row.view(piece.mask_shape))
+                            target, factor = piece.masked(g, row)
+                            targets.append(target)
+                            factors.append(factor)
             if targets:
                 torch._foreach_mul_(targets, factors)
         self.traces.add_many("xi", xi, self.modalities)

@@ -43,6 +43,20 @@ class MaskPiece:
             return tensor[:, self.columns[0]: self.columns[1]]
         return tensor if tensor.shape == self.shape else tensor.view(self.shape)
 
+    def masked(self, tensor: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(target, factor) to mask a gradient-shaped ``tensor`` in place by this piece's (C,) unit ``mask``:
+        ``target.mul_(factor)`` multiplies each unit's (or element's) values by its mask entry.
+
+        Usually ``(self.of(tensor), mask viewed as mask_shape)``. A channels_last convolution weight's
+        gradient (``train.channels_last``) has no view as ``shape``; it is masked in its own shape, its
+        elements in logical order, the order in which :func:`trainables.amss.unit_fisher` reads its square.
+        """
+        if self.columns is not None or tensor.shape == self.shape or tensor.is_contiguous():
+            return self.of(tensor), mask.view(self.mask_shape)
+        if self.reduce == (1,) and len(self.shape) == 2:  # rows: one entry per output channel
+            return tensor, mask.view(-1, *[1] * (tensor.dim() - 1))
+        return tensor, mask.view(self.mask_shape).expand(self.shape).reshape(tensor.shape)
+
 
 @dataclass(frozen=True)
 class MaskLayer:

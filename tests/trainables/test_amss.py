@@ -180,6 +180,41 @@ def test_cnn_units_are_output_channels_summed_over_kernel():
     assert torch.allclose(unit_fisher(layers[1], [g * g]), (g * g).sum((1, 2, 3)))
 
 
+@pytest.mark.parametrize("unit", ["auto", "element"])
+def test_channels_last_convolutions_are_masked_where_their_importance_was_measured(monkeypatch, unit):
+    # channels_last (the CUDA default for conv backbones) gives conv weights and their gradients a layout
+    # that no view flattens to (C_out, rest); masking must still hit the channels / elements it sampled.
+    trial = build({"mask_unit": unit}, dataset=SHAPED, model={"backbone": "cnn"}, train={"channels_last": True})
+    out, batch, ctx = forward_backward(trial)
+    before = grads(trial.model)
+    convs = {n for n, g in before.items() if g.dim() == 4 and not g.is_contiguous()}  # (with 1 input channel
+    assert len(convs) >= 2  # channels_last is also contiguous; the others are the case under test)
+    masks, importances = Spy(monkeypatch, "sample_mask"), Spy(monkeypatch, "fisher_importance")
+    trial.method.modulate_gradients(trial.model, out, batch, ctx)
+    after = grads(trial.model)
+    rows = {}
+    for group, (_, mask), (_, weights) in zip(trial.method.groups, masks.calls, importances.calls, strict=True):
+        for layer, row, w in zip(group.layers, mask, weights, strict=True):
+            rows[id(layer.pieces[0].param)] = (row, w)
+    names = {id(p): n for n, p in trial.model.named_parameters()}
+    checked = 0
+    for pid, (row, w) in rows.items():
+        name = names[pid]
+        if name not in convs:
+            continue
+        g = before[name]
+        if unit == "auto":  # one unit per output channel, Fisher summed over its kernel
+            assert torch.allclose(w, (g * g).sum((1, 2, 3)) / (g * g).sum(), rtol=1e-5)
+            expected = g * row.view(-1, 1, 1, 1)
+        else:  # one unit per element, in the weight's logical order
+            assert torch.allclose(w, (g * g).reshape(-1) / (g * g).sum(), rtol=1e-5)
+            expected = g * row.view(g.shape)
+        assert torch.equal(after[name], expected), name
+        assert 0 < int(row.sum()) < row.numel()  # some kept, some dropped: the check has teeth
+        checked += 1
+    assert checked == len(convs)
+
+
 def test_transformer_units_are_heads_and_rows():
     trial = build(model={"backbone": "transformer", "num_layers": 1, "hidden_dim": 16})
     layers = [layer for layer in mask_layers(trial.model, trial.modalities, scope="backbone", unit="auto") if layer.modality == 0]
