@@ -303,13 +303,13 @@ def part_memory(args: argparse.Namespace, scale: Scale, device: torch.device) ->
                  "reason": reason} for e in entries]
         return {"config": config, "rows": rows, "device_total_bytes": None}
     total = torch.cuda.get_device_properties(device).total_memory
-    rows = []
+    rows, resolved = [], None
     for entry in entries:
         free_device(device)
         torch.cuda.reset_peak_memory_stats(device)
         try:
             trial = build_trial(trial_config(entry, device=device.type, **config))
-            config["runs_with"] = runs_with(trial)
+            resolved = runs_with(trial)  # (not into config: config is passed to the next entry's trial_config)
             for _ in range(scale.memory_epochs):
                 trial.step()
             torch.cuda.synchronize(device)
@@ -321,7 +321,7 @@ def part_memory(args: argparse.Namespace, scale: Scale, device: torch.device) ->
             rows.append({"method": entry, "max_allocated_bytes": None, "max_reserved_bytes": None, "fits_per_device": 0,
                          "reason": "out of memory: one trial does not fit"})
     free_device(device)
-    return {"config": config, "rows": rows, "device_total_bytes": total}
+    return {"config": {**config, "runs_with": resolved}, "rows": rows, "device_total_bytes": total}
 
 
 def part_packing(args: argparse.Namespace, scale: Scale, device: torch.device) -> dict[str, Any]:
@@ -515,6 +515,10 @@ def render(result: dict[str, Any], out: Any) -> None:
             table.add_row(r["method"], _mib(r["max_allocated_bytes"]), _mib(r["max_reserved_bytes"]),
                           _f(r["fits_per_device"], "d"), r["reason"] or "")
         out.print(table)
+        if parts["memory"]["device_total_bytes"]:
+            out.print("trials that fit = card memory // peak reserved, an upper bound: each trial's process also holds a "
+                      "CUDA context (~0.5 GB, not in torch's statistics); `mmtune sweep --plan` counts it. Trials ran "
+                      f"with {_runs(parts['memory']['config']['runs_with'])}")
     if "packing" in parts:
         c = parts["packing"]["config"]
         table = _table(f"packing: k joint trials at once, one process each · {c['backbone']} {c['image_size']}² · "

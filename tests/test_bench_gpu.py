@@ -107,3 +107,34 @@ def test_memory_is_measured_on_cuda() -> None:
     for row in rows:
         assert row["reason"] is None and 0 < row["max_allocated_bytes"] <= row["max_reserved_bytes"]
         assert row["fits_per_device"] >= 1
+
+
+def test_the_memory_parts_cuda_branch_measures_every_method(monkeypatch) -> None:
+    # The CUDA branch, run on the CPU with torch.cuda's memory calls stood in: it once passed its
+    # first trial's settings on to the next method's config and failed there (a TypeError on a GPU).
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+    gpu = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_bench", gpu)  # its dataclasses look their module up there
+    spec.loader.exec_module(gpu)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 << 30))
+    for name in ("reset_peak_memory_stats", "synchronize", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 1 << 29)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: 1 << 30)
+    real_build = gpu.build_trial
+
+    def on_cpu(config):
+        config["train"]["device"] = "cpu"
+        return real_build(config)
+
+    monkeypatch.setattr(gpu, "build_trial", on_cpu)
+    result = gpu.part_memory(SimpleNamespace(method_entries=["ogm", "amss"]), gpu.SMOKE, torch.device("cuda"))
+    assert [r["method"] for r in result["rows"]] == ["joint", "ogm", "amss"]
+    assert all(r["reason"] is None and r["fits_per_device"] == 80 for r in result["rows"])
+    assert result["config"]["runs_with"]["precision"] == "fp32" and "runs_with" in result["config"]
