@@ -506,9 +506,9 @@ class Trial:
         self.method.load_state_dict(state["method"])
         if state.get("scaler") is not None:  # fp16 only (and absent from checkpoints older than precision)
             self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        self.data_generator.set_state(rng["data"])
-        self.method_generator.set_state(rng["method"])
-        torch.set_rng_state(rng["torch"])
+        rng = state["rng"]  # RNG states are CPU byte tensors; a checkpoint read onto the GPU (map_location) has them there
+        self.data_generator.set_state(rng["data"].cpu())
+        self.method_generator.set_state(rng["method"].cpu())
+        torch.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])

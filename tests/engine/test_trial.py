@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 
 from mmtune.engine.method import BalancingMethod, MethodConfig
-from mmtune.engine.trial import Trial, TrainConfig, parse_trial_config
+from mmtune.engine.trial import TIMING_KEYS, Trial, TrainConfig, parse_trial_config
 from mmtune.errors import ConfigError
 
 
@@ -148,6 +148,23 @@ def test_trial_runs_on_cuda():
     metrics = trial.step()
     assert trial.device.type == "cuda" and next(trial.model.parameters()).is_cuda
     assert 0.0 <= metrics["val_acc"] <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_checkpoint_read_onto_the_gpu_resumes_like_an_uninterrupted_run(tmp_path):
+    # torch.load(map_location=cuda), as the Ray trainable restores, puts the RNG states on the GPU too.
+    from mmtune.sweep.trainable import load_trial_state
+
+    config = tiny_config("ogm", train={"device": "cuda", "epochs": 2})
+    straight = Trial(parse_trial_config(config))
+    first = straight.step()
+    torch.save(straight.state_dict(), tmp_path / "trial.pt")
+    expected = straight.step()
+    resumed = Trial(parse_trial_config(config))
+    resumed.load_state_dict(load_trial_state(str(tmp_path / "trial.pt"), resumed.device))
+    got = resumed.step()
+    keys = [k for k in expected if k not in TIMING_KEYS]
+    assert first["epoch"] == 1 and {k: got[k] for k in keys} == pytest.approx({k: expected[k] for k in keys}, rel=1e-5)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown without CUDA")
