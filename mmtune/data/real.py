@@ -645,7 +645,7 @@ class _Resident:
 
     def array(self, split: str, name: str) -> Tensor:
         key = (split, name)
-        if key not in self._arrays or self._arrays[key].device != self.device:
+        if key not in self._arrays:  # (a device comparison here never held on CUDA: "cuda" != "cuda:0")
             self._arrays[key] = torch.from_numpy(np.load(self.folder / split / f"{name}.npy")).to(self.device)
         return self._arrays[key]
 

@@ -233,6 +233,8 @@ def resolve_device(name: str, precision: str = "fp32") -> torch.device:
         raise ConfigError([Problem("train.device", "is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")])
     else:
         device = torch.device(name)
+    if device.type == "cuda" and device.index is None:  # the index tensors carry, so that devices compare equal
+        device = torch.device("cuda", torch.cuda.current_device())
     dtype = PRECISIONS.get(precision)
     if dtype is not None and not _autocast_supports(device, dtype):
         raise ConfigError([Problem("train.precision", f"is '{precision}' but this torch's {device.type} autocast does "
@@ -282,7 +284,7 @@ def compile_encoders(model: torch.nn.Module, mode: bool | str) -> str | None:
 
 def _autocast_supports(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type == "cuda" and dtype == torch.bfloat16:
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # pre-Ampere: fp16 and the scaler, not emulated bf16
     try:
         with warnings.catch_warnings():  # an unsupported dtype warns and disables autocast: read that, quietly
             warnings.simplefilter("ignore")

@@ -333,12 +333,19 @@ def test_resident_auto_is_off_on_the_cpu_and_a_trial_says_what_ran(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_resident_cache_trial_runs_on_cuda(tmp_path):
+def test_a_resident_cache_trial_runs_on_cuda(tmp_path, monkeypatch):
     root = write_toy(tmp_path / "toy")
     data = build_dataset(toy_config(root), "cuda")
     assert data.info["resident"] is True  # auto: a few KB fit in any GPU's free memory
     batch = next(iter(data.train.batches(8, generator=torch.Generator().manual_seed(0))))
     assert batch.inputs["video"].device.type == "cuda" and batch.labels.device.type == "cuda"
+    all_batches(data)  # every split on the GPU now; from here no batch may read a split from disk again
+    reads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *args, **kwargs: reads.append(args[0]) or real_load(*args, **kwargs))
+    all_batches(data)
+    monkeypatch.undo()
+    assert reads == [], reads
     spec = parse_trial_config({"method": "ogm", "dataset": {"name": "toy", "root": str(root)},
                                "model": {"backbone": "cnn"}, "train": {"epochs": 1, "batch_size": 8, "device": "cuda"}})
     trial = Trial(spec)
