@@ -112,12 +112,17 @@ def train_epoch(
                 extra = method.extra_loss(out, part, ctx)
                 if extra is not None:
                     loss = loss + extra
+            overflow = False
             if scaling:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)  # the hooks and the clip below see unscaled fp32 gradients
+                # A step whose fp16 gradients overflowed is skipped by scaler.step (which reads this same flag
+                # on the host: no extra sync); its inf/NaN gradients must not reach the method either, or a
+                # gradient statistic the method keeps would stay NaN for the rest of the run.
+                overflow = any(v.item() for v in scaler._found_inf_per_device(optimizer).values())
             else:
                 loss.backward()
-            if active:
+            if active and not overflow:
                 method.modulate_gradients(model, out, part, ctx)
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

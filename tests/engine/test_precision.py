@@ -83,6 +83,22 @@ def test_fp16_with_its_grad_scaler_trains_and_restores_exactly(method):
     assert math.isfinite(uninterrupted.step()["train_loss"])
 
 
+def test_an_fp16_step_whose_gradients_overflowed_never_reaches_the_methods_gradient_hook():
+    trial = Trial(parse_trial_config(tiny_config("ogm", train={"precision": "fp16", "device": "cpu", "epochs": 1, "batch_size": 8})))
+    trial.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)  # overflows until it has halved a few times
+    seen, real = [], trial.method.modulate_gradients
+
+    def spy(model, out, batch, ctx):
+        seen.append(all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None))
+        return real(model, out, batch, ctx)
+
+    trial.method.modulate_gradients = spy
+    metrics = trial.step()
+    steps = math.ceil(trial.spec.dataset.n_train / trial.spec.train.batch_size)
+    assert 0 < len(seen) < steps and all(seen), (len(seen), steps)  # some steps overflowed and were kept from it
+    assert trial.scaler.get_scale() < 2.0**24 and math.isfinite(metrics["train_loss"])
+
+
 def test_fp32_checkpoints_hold_no_scaler():
     trial = Trial(parse_trial_config(tiny_config("joint", train={"epochs": 1})))
     assert not trial.scaler.is_enabled() and trial.state_dict()["scaler"] is None
