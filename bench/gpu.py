@@ -60,6 +60,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -361,17 +362,22 @@ def part_packing(args: argparse.Namespace, scale: Scale, device: torch.device) -
 def run_workers(k: int, job: dict[str, Any]) -> list[dict[str, Any]]:
     """Start ``k`` worker processes, wait until all have warmed up, start them together, collect results."""
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "MMTUNE_THREADS": str(job["threads"])}
+    # stderr to files, not pipes: a worker's warnings (or compile logs) could fill a pipe no one reads until the end
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(k)]
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(k)]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+             for log in logs]
     ready = [p.stdout.readline().strip() for p in procs]
     for p, line in zip(procs, ready, strict=True):
         if line == "ready":
             p.stdin.write("go\n")
             p.stdin.flush()
     results = []
-    for p, line in zip(procs, ready, strict=True):
-        out, err = p.communicate()
+    for p, line, log in zip(procs, ready, logs, strict=True):
+        out, _ = p.communicate()
+        log.seek(0)
+        err = log.read()
+        log.close()
         text = out.strip().splitlines()[-1] if out.strip() else (line if line != "ready" else "")
         try:
             results.append(json.loads(text))
@@ -399,8 +405,11 @@ def worker(job_text: str) -> int:
             samples += len(trial.train_split)
             trial.step()  # includes the (small) evaluation: a packed trial evaluates too
         end = time.time()
-    except torch.cuda.OutOfMemoryError as err:
-        print(json.dumps({"error": f"out of memory: {str(err).splitlines()[0]}", "oom": True}), flush=True)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not isinstance(err, torch.cuda.OutOfMemoryError) and "ALLOC_FAILED" not in first and "out of memory" not in first:
+            raise  # a real error, not a full card (cuBLAS/cuDNN report theirs as RuntimeError ..._ALLOC_FAILED)
+        print(json.dumps({"error": f"out of memory: {first}", "oom": True}), flush=True)
         return 0
     peak = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
     print(json.dumps({"samples": samples, "start": start, "end": end, "peak_reserved_bytes": peak,
