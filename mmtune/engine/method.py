@@ -9,7 +9,7 @@ this order::
     loss += method.extra_loss(out, batch, ctx)             # e.g. AIM: L_mod, PMR: prototype CE
     loss.backward()
     method.modulate_gradients(model, out, batch, ctx)      # e.g. OGM: scale modality gradients
-    optimizer.step()
+    optimizer.step()                                       # (fp16: a step whose gradients overflowed skips both)
     method.after_step(out, batch, ctx)                     # e.g. AGM: running averages
 
 plus ``begin_epoch(ctx)`` / ``end_epoch(ctx) -> traces`` around each epoch. The per-batch hooks are
