@@ -368,6 +368,10 @@ class ResultsWriter(tune.Callback):
                 self._types[column] = merge_type(self._types.get(column), typ)
             self._rows[trial.trial_id] = row
             self._trials_dirty = True
+            if self._cut is not None:  # first seen after the interruption (Tune ran a pending trial while
+                self._cut.add(trial.trial_id)  # stopping): cut like the others, never "stopped early"
+                row.update(status=INTERRUPTED)
+                self._ended_here.add(trial.trial_id)
         return row
 
     def _mark_running(self, trial: Any) -> None:

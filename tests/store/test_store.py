@@ -176,6 +176,22 @@ def test_mixed_methods_union_of_columns_with_nulls(tmp_path):
     assert out.stdout.split() == ["6", "2", "float64"]
 
 
+def test_a_trial_first_seen_after_the_interruption_is_interrupted_not_stopped_early(tmp_path):
+    # Seen once in a fresh clone's Ctrl-C test: Tune, stopping, ran a trial the writer had not seen yet;
+    # its short run then read as "stopped early" (a finished state resume skips), not as cut.
+    writer = ResultsWriter(str(tmp_path), "cut", flush_interval_s=3600)
+    running, late = fake_trial("running", config()), fake_trial("late", config(seed=1))
+    writer.on_trial_start(0, [running], running)
+    writer.on_trial_result(0, [running], running, fake_result(1))
+    writer.interrupt()
+    run_fake(writer, running, [2], [running, late])
+    run_fake(writer, late, [1], [running, late])
+    writer.flush()
+    trials = read_trials(str(tmp_path / "cut"))
+    statuses = dict(zip(trials["trial_id"].to_pylist(), trials["status"].to_pylist(), strict=True))
+    assert statuses == {"running": "INTERRUPTED", "late": "INTERRUPTED"}
+
+
 def test_status_terminated_stopped_early_error_running_pending(tmp_path):
     writer = ResultsWriter(str(tmp_path), "st", flush_interval_s=3600)
     done = fake_trial("done", config())
