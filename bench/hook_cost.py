@@ -110,16 +110,29 @@ def best_time(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
+class HookContext:
+    """What OGM's hook reads of a StepContext (no GE: no generator)."""
+
+    generator = None
+    device = torch.device("cpu")
+
+
+def ogm_after_backward(n_train: int, batch_size: int) -> tuple[Any, Any, Any]:
+    """An OGM trial after one batch's forward and backward: (trial, batch, model output), gradients in place."""
+    trial = build_trial("ogm", n_train, batch_size)
+    batch = next(iter(trial.train_split.batches(batch_size, generator=torch.Generator().manual_seed(0))))
+    out = trial.model(batch.inputs)
+    F.cross_entropy(out.logits, batch.labels).backward()
+    return trial, batch, out
+
+
 def ogm_parts(n_train: int, batch_size: int, repeats: int) -> dict[str, float]:
     """Microseconds of each part of OGM's modulate_gradients (and the joint step), on a real batch."""
     from mmtune.engine.metrics import discrepancy_ratio, unimodal_score_sums
     from mmtune.trainables.ogm import gradient_coefficient, modulate
 
-    trial = build_trial("ogm", n_train, batch_size)
+    trial, batch, out = ogm_after_backward(n_train, batch_size)
     model, method, cfg = trial.model, trial.method, trial.method.config
-    batch = next(iter(trial.train_split.batches(batch_size, generator=torch.Generator().manual_seed(0))))
-    out = model(batch.inputs)
-    F.cross_entropy(out.logits, batch.labels).backward()
 
     def joint_step() -> None:
         trial.optimizer.zero_grad(set_to_none=True)
@@ -152,11 +165,7 @@ def ogm_parts(n_train: int, batch_size: int, repeats: int) -> dict[str, float]:
         times["traces"] = best_time(traces, repeats)
         times["a 0-d tensor add, for scale"] = best_time(lambda: rho + 1.0, repeats)
 
-    class _Ctx:
-        generator = None
-        device = torch.device("cpu")
-
-    times["the whole hook"] = best_time(lambda: method.modulate_gradients(model, out, batch, _Ctx()), repeats)
+    times["the whole hook"] = best_time(lambda: method.modulate_gradients(model, out, batch, HookContext()), repeats)
     times.update(_hook_stages_in_place(model, method, out, batch, repeats))
     return {name: round(seconds * 1e6, 2) for name, seconds in times.items()}
 
@@ -205,11 +214,8 @@ def modes_study(n_train: int, batch_size: int, repeats: int, compile_too: bool) 
     from mmtune.engine.metrics import EPS, discrepancy_ratio, unimodal_score_sums
     from mmtune.trainables.ogm import gradient_coefficient
 
-    trial = build_trial("ogm", n_train, batch_size)
+    trial, batch, out = ogm_after_backward(n_train, batch_size)
     model, method, cfg = trial.model, trial.method, trial.method.config
-    batch = next(iter(trial.train_split.batches(batch_size, generator=torch.Generator().manual_seed(0))))
-    out = model(batch.inputs)
-    F.cross_entropy(out.logits, batch.labels).backward()
     with torch.no_grad():
         uni = model.stacked_unimodal_logits(out.features, bias_split=cfg.gamma)
         rho = discrepancy_ratio(unimodal_score_sums(uni, batch.labels))
@@ -243,15 +249,11 @@ def modes_study(n_train: int, batch_size: int, repeats: int, compile_too: bool) 
         results["rho_k torch.compile (inductor), no_grad"] = {**run(compiled, torch.no_grad),
                                                                "compile_s": round(time.perf_counter() - start, 1)}
 
-    class _Ctx:
-        generator = None
-        device = torch.device("cpu")
-
     undecorated = inspect.unwrap(type(method).modulate_gradients)  # the hook's body, without its grad-mode decorator
     for name, grad_mode in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
         def hook(grad_mode=grad_mode) -> None:
             with grad_mode():
-                undecorated(method, model, out, batch, _Ctx())
+                undecorated(method, model, out, batch, HookContext())
         results[f"whole OGM hook, {name}"] = {"us": round(best_time(hook, repeats) * 1e6, 2)}
     return results
 
